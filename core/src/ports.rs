@@ -1,0 +1,63 @@
+//! The questions other parts ask the controller, as traits. The controller implements them; the
+//! builder and the registry hold them as `Arc<dyn ...>`, so neither reaches into the controller's
+//! tables and both can be tested against a fake.
+
+use async_trait::async_trait;
+
+use crate::names::{AppName, Fingerprint, UserName};
+use crate::release::{ProcessTypes, Release};
+
+/// A failure inside the controller while answering (a database error, say). The message is for
+/// logs and for the user; it never carries secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PortError(pub String);
+
+/// What a user may do with an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppAccess {
+    /// The app exists and the user may push to it and pull it.
+    Allowed,
+    /// No app by that name.
+    NoSuchApp,
+    /// The app exists but the user has no access to it.
+    Forbidden,
+}
+
+/// Identity and access: who holds a key or a token, and what they may touch.
+#[async_trait]
+pub trait Identity: Send + Sync + 'static {
+    /// The user who owns the key with this fingerprint.
+    async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>, PortError>;
+
+    /// The user who owns this API token.
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserName>, PortError>;
+
+    /// Whether `user` may push to `app`.
+    async fn app_access(&self, user: &UserName, app: &AppName) -> Result<AppAccess, PortError>;
+}
+
+/// What a finished build hands to the controller.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The app that was built.
+    pub app: AppName,
+    /// The pushed image by digest: `host:port/repo@sha256:...`.
+    pub image: String,
+    /// Process types from the Procfile or the buildpacks' launch metadata.
+    pub processes: ProcessTypes,
+    /// The commit that was built.
+    pub commit: String,
+    /// The pusher.
+    pub user: UserName,
+}
+
+/// Releases and rollouts, as the builder needs them after a successful build.
+#[async_trait]
+pub trait Releases: Send + Sync + 'static {
+    /// Records a new release for a built image and asks for it to be deployed.
+    async fn release_build(&self, built: BuiltImage) -> Result<Release, PortError>;
+
+    /// Waits until `version` of `app` is serving, or returns why it could not be deployed.
+    async fn await_deploy(&self, app: &AppName, version: i64) -> Result<(), PortError>;
+}

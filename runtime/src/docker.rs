@@ -1,0 +1,285 @@
+//! [`Engine`] on the Docker Engine, through bollard and the local socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    UploadToContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::{BuildSpec, Container, ContainerSpec, Engine, RegistryAuth, RuntimeError};
+
+/// The Docker Engine on this machine.
+#[derive(Clone)]
+pub struct Docker {
+    api: bollard::Docker,
+}
+
+fn engine(e: bollard::errors::Error) -> RuntimeError {
+    RuntimeError::Engine(e.to_string())
+}
+
+impl Docker {
+    /// Connects to the local Docker Engine (`DOCKER_HOST` or the default socket) and checks that
+    /// it answers.
+    pub async fn connect() -> Result<Docker, RuntimeError> {
+        let api = bollard::Docker::connect_with_local_defaults().map_err(engine)?;
+        api.ping().await.map_err(|e| {
+            RuntimeError::Engine(format!(
+                "Docker Engine is not answering ({e}); start it with `dockerd &` or run setup.sh"
+            ))
+        })?;
+        Ok(Docker { api })
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Container, RuntimeError> {
+        let info = self.api.inspect_container(id, None).await.map_err(engine)?;
+        let published = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|ports| {
+                ports.into_values().flatten().flatten().find_map(|b| {
+                    let port: u16 = b.host_port?.parse().ok()?;
+                    Some(SocketAddr::from(([127, 0, 0, 1], port)))
+                })
+            });
+        let config = info.config.unwrap_or_default();
+        Ok(Container {
+            id: info.id.unwrap_or_default(),
+            name: info
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            labels: config.labels.unwrap_or_default(),
+            running: info.state.and_then(|s| s.running).unwrap_or(false),
+            published,
+        })
+    }
+}
+
+#[async_trait]
+impl Engine for Docker {
+    async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
+        if self.api.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let credentials = DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: Some(auth.server.clone()),
+            ..Default::default()
+        };
+        let options = CreateImageOptions {
+            from_image: Some(image.to_owned()),
+            ..Default::default()
+        };
+        let mut progress = self
+            .api
+            .create_image(Some(options), None, Some(credentials));
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| RuntimeError::Pull {
+                image: image.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
+        let mut host = HostConfig {
+            memory: spec.memory_bytes,
+            init: Some(true),
+            ..Default::default()
+        };
+        let mut exposed = None;
+        if let Some(port) = spec.publish {
+            let key = format!("{port}/tcp");
+            // Port "" lets the engine pick a free port; 127.0.0.1 keeps it off the network.
+            host.port_bindings = Some(HashMap::from([(
+                key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_owned()),
+                    host_port: Some(String::new()),
+                }]),
+            )]));
+            exposed = Some(vec![key]);
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: exposed,
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .api
+            .create_container(Some(options), body)
+            .await
+            .map_err(engine)?;
+        if let Err(e) = self.api.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id, Duration::ZERO).await;
+            return Err(engine(e));
+        }
+        self.inspect(&created.id).await
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let summaries = self
+            .api
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            match self.inspect(&id).await {
+                Ok(c) => out.push(c),
+                // Removed between list and inspect: it is simply gone.
+                Err(_) => continue,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let stop = StopContainerOptions {
+            t: Some(grace.as_secs().try_into().unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        // A container that already stopped answers 304; either way, remove it next.
+        let _ = self.api.stop_container(id, Some(stop)).await;
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.api.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn run_build(
+        &self,
+        spec: BuildSpec,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(String, i64), RuntimeError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            host_config: Some(HostConfig {
+                memory: Some(spec.memory_bytes),
+                nano_cpus: Some(spec.nano_cpus),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let id = self
+            .api
+            .create_container(Some(options), body)
+            .await
+            .map_err(engine)?
+            .id;
+        for (path, tar) in spec.uploads {
+            let options = UploadToContainerOptions {
+                path,
+                ..Default::default()
+            };
+            self.api
+                .upload_to_container(&id, Some(options), bollard::body_full(tar.into()))
+                .await
+                .map_err(engine)?;
+        }
+        self.api.start_container(&id, None).await.map_err(engine)?;
+
+        let logs = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut stream = self.api.logs(&id, Some(logs));
+        let relay = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                if output.send(chunk.into_bytes().to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(spec.timeout, relay).await.is_err() {
+            let _ = self.api.kill_container(&id, None).await;
+            return Err(RuntimeError::Timeout(spec.timeout));
+        }
+        let mut wait = self.api.wait_container(&id, None::<WaitContainerOptions>);
+        let code = match wait.next().await {
+            Some(Ok(r)) => r.status_code,
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(engine(e)),
+            None => self
+                .api
+                .inspect_container(&id, None)
+                .await
+                .map_err(engine)?
+                .state
+                .and_then(|s| s.exit_code)
+                .unwrap_or(-1),
+        };
+        Ok((id, code))
+    }
+
+    async fn download(&self, id: &str, path: &str, dest: &Path) -> Result<(), RuntimeError> {
+        let options = DownloadFromContainerOptions {
+            path: path.to_owned(),
+        };
+        let mut stream = self.api.download_from_container(id, Some(options));
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| RuntimeError::Engine(format!("creating {}: {e}", dest.display())))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(engine)?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| RuntimeError::Engine(format!("writing {}: {e}", dest.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| RuntimeError::Engine(format!("writing {}: {e}", dest.display())))?;
+        Ok(())
+    }
+}

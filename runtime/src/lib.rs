@@ -1,0 +1,149 @@
+//! The container engine behind one trait. [`Engine`] is everything the reconciler and the
+//! builder ask of an engine: pull an image, run a container, list the containers Slipway owns,
+//! remove one, and run a build container to completion. [`docker::Docker`] implements it on the
+//! Docker Engine through bollard.
+//!
+//! Invariant: this crate knows nothing of apps or releases; callers pass labels and it filters on
+//! them. It never touches a container that lacks the caller's `slipway.instance` label.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// The label every container and image Slipway makes carries: the server instance's id.
+pub const LABEL_INSTANCE: &str = "slipway.instance";
+
+/// Errors from the container engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached or refused the request.
+    #[error("container engine: {0}")]
+    Engine(String),
+    /// The image could not be pulled.
+    #[error("pulling image {image}: {reason}")]
+    Pull {
+        /// The image reference.
+        image: String,
+        /// What the engine said.
+        reason: String,
+    },
+    /// A build container ran longer than its timeout and was killed.
+    #[error("build timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Credentials for pulling from a registry.
+#[derive(Clone)]
+pub struct RegistryAuth {
+    /// The registry's address as the engine reaches it (`127.0.0.1:5000`).
+    pub server: String,
+    /// The user name.
+    pub username: String,
+    /// The password or API token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is a token: keep it out of every log line.
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A long-running container to start.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// The container's name; unique per engine.
+    pub name: String,
+    /// The image reference, already pulled.
+    pub image: String,
+    /// The command; empty means the image's own.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` environment entries.
+    pub env: Vec<String>,
+    /// Labels, including [`LABEL_INSTANCE`].
+    pub labels: HashMap<String, String>,
+    /// A TCP port inside the container to publish on 127.0.0.1 at a port the engine picks.
+    pub publish: Option<u16>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+}
+
+/// A container Slipway started, as the engine reports it now.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// The engine's id.
+    pub id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub name: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Whether it is running.
+    pub running: bool,
+    /// Where its published port is reachable from this machine.
+    pub published: Option<SocketAddr>,
+}
+
+/// A build container to run to completion.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// The container's name.
+    pub name: String,
+    /// The build image, already pulled.
+    pub image: String,
+    /// The command.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` environment entries.
+    pub env: Vec<String>,
+    /// Labels, including [`LABEL_INSTANCE`].
+    pub labels: HashMap<String, String>,
+    /// Tar archives to extract before start, each at a directory in the container.
+    pub uploads: Vec<(String, Vec<u8>)>,
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Killed after this long.
+    pub timeout: Duration,
+}
+
+/// The container engine.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Pulls `image` unless the engine already has it.
+    async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError>;
+
+    /// Creates and starts a container.
+    async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError>;
+
+    /// The containers, running or not, that carry every one of `labels`.
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, RuntimeError>;
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`) and removes it.
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Runs a build container until it exits, sending its output to `output` as it comes, and
+    /// returns the container's id and exit code. The container is kept so that the caller can
+    /// [`download`](Engine::download) from it, then [`remove`](Engine::remove) it.
+    async fn run_build(
+        &self,
+        spec: BuildSpec,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(String, i64), RuntimeError>;
+
+    /// A tar archive of `path` inside a (possibly stopped) container, written to `dest`.
+    async fn download(
+        &self,
+        id: &str,
+        path: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), RuntimeError>;
+}
