@@ -1,0 +1,7 @@
+//! The registry's integration tests: a real server on 127.0.0.1, driven over HTTP by reqwest,
+//! by `oci-client` (as the builder pushes) and by `skopeo`.
+
+mod blobs;
+mod clients;
+mod manifests;
+mod util;

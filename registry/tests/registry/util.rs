@@ -1,0 +1,208 @@
+//! Shared fixtures: a real registry server on 127.0.0.1:0 over a fresh temp directory, a fake
+//! identity service, and helpers to push blobs and manifests with reqwest.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use slipway_core::ports::{AppAccess, Identity, PortError};
+use slipway_core::{AppName, Fingerprint, UserName};
+use slipway_registry::{Registry, RegistryConfig};
+use tokio::sync::oneshot;
+
+/// The user every fixture request authenticates as.
+pub(crate) const USER: &str = "admin";
+/// `USER`'s API token.
+pub(crate) const TOKEN: &str = "admin-token";
+/// Another user's token, to check that user name and token must match.
+pub(crate) const OTHER_TOKEN: &str = "bob-token";
+
+/// Knows two users, `admin` and `bob`, by their tokens.
+struct FakeIdentity;
+
+#[async_trait]
+impl Identity for FakeIdentity {
+    async fn user_by_fingerprint(&self, _fp: &Fingerprint) -> Result<Option<UserName>, PortError> {
+        Ok(None)
+    }
+
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserName>, PortError> {
+        let user = match token {
+            TOKEN => "admin",
+            OTHER_TOKEN => "bob",
+            _ => return Ok(None),
+        };
+        Ok(Some(user.parse().expect("user name")))
+    }
+
+    async fn app_access(&self, _user: &UserName, _app: &AppName) -> Result<AppAccess, PortError> {
+        Ok(AppAccess::Allowed)
+    }
+}
+
+/// A running registry; stops when dropped.
+pub(crate) struct Server {
+    /// `host:port`, as image references spell the registry.
+    pub(crate) host: String,
+    /// The storage directory.
+    pub(crate) dir: tempfile::TempDir,
+    client: reqwest::Client,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl Server {
+    /// Starts a registry over a fresh storage directory.
+    pub(crate) async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = RegistryConfig {
+            root: dir.path().join("registry"),
+        };
+        let registry = Registry::new(config, Arc::new(FakeIdentity)).expect("registry");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(registry.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Server {
+            host,
+            dir,
+            client: reqwest::Client::new(),
+            _shutdown: tx,
+        }
+    }
+
+    /// The storage root.
+    pub(crate) fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("registry")
+    }
+
+    /// An absolute URL for a path or a `Location` header.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.host)
+    }
+
+    /// A request without credentials.
+    pub(crate) fn anonymous(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// A request as `USER`.
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.anonymous(method, path).basic_auth(USER, Some(TOKEN))
+    }
+
+    /// Pushes `data` in one `POST ?digest=` request and returns its digest.
+    pub(crate) async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("push blob");
+        assert_eq!(response.status(), StatusCode::CREATED, "push blob");
+        digest
+    }
+
+    /// Pushes an image manifest of `config` and `layers` (already pushed) under `reference` and
+    /// returns the manifest's bytes.
+    pub(crate) async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        config: &str,
+        layers: &[&str],
+    ) -> Vec<u8> {
+        let bytes = image_manifest(config, layers);
+        let response = self
+            .request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("push manifest");
+        assert_eq!(response.status(), StatusCode::CREATED, "push manifest");
+        bytes
+    }
+}
+
+/// The OCI image manifest media type.
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// An OCI image manifest's bytes.
+pub(crate) fn image_manifest(config: &str, layers: &[&str]) -> Vec<u8> {
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": d,
+                "size": 1,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config,
+            "size": 1,
+        },
+        "layers": layers,
+    });
+    serde_json::to_vec_pretty(&manifest).expect("json")
+}
+
+/// `sha256:<hex>` of `data`.
+pub(crate) fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A response header as a string ("" when absent).
+pub(crate) fn header(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header").to_owned())
+        .unwrap_or_default()
+}
+
+/// The status and first OCI error code of a response.
+pub(crate) async fn error_code(response: Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().await.expect("json error body");
+    let code = body["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, code)
+}
+
+/// Every file under `dir`, as paths relative to it, sorted.
+pub(crate) fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("prefix");
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}

@@ -1,0 +1,86 @@
+//! The router: Slipway's HTTP reverse proxy and the `route` step of a deploy. It sends each
+//! request to a ready `web` instance of the app whose host name the request carries, using the
+//! route table the controller publishes, and answers with a small error page when it cannot.
+//!
+//! - `server` binds the listen socket and runs pingora's `Server` on a dedicated OS thread; it
+//!   explains how the router keeps pingora away from the process's signals.
+//! - `proxy` is the request lifecycle: which pingora `ProxyHttp` phases the router overrides, and
+//!   why.
+//! - `forwarded` holds the header rules (X-Forwarded-*, X-Request-Id, hop-by-hop fields) as plain
+//!   functions; `pages` renders the error pages and names each failure with a stable code word.
+//!
+//! Invariants:
+//! - The router never calls the controller, or anything else, on the request path. It reads the
+//!   latest [`RouteTable`](slipway_core::routes::RouteTable) snapshot, which never blocks.
+//! - The router never takes process signals and never exits the process. The embedding process
+//!   (`slipway server`) handles Ctrl-C and SIGTERM and calls [`RouterHandle::stop`].
+
+mod forwarded;
+mod pages;
+mod proxy;
+mod server;
+
+use std::net::SocketAddr;
+
+use slipway_core::routes::Routes;
+
+pub use server::RouterHandle;
+
+/// How the router listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Address to accept plain HTTP on. Default `0.0.0.0:8080` (`SLIPWAY_HTTP_ADDR`). Port 0 asks
+    /// the kernel for a free port; [`RouterHandle::local_addr`] tells which one it chose.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy's runtime. Default 2; must be at least 1.
+    pub threads: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: 2,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Checks the values that the type system does not.
+    pub fn validate(&self) -> Result<(), RouterError> {
+        if self.threads == 0 {
+            return Err(RouterError::Config("router threads must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The configuration was refused by [`RouterConfig::validate`].
+    #[error("invalid router config: {0}")]
+    Config(&'static str),
+    /// The listen socket could not be bound, typically because the port is taken.
+    #[error("router cannot listen on {addr}")]
+    Bind {
+        /// The address from [`RouterConfig::listen`].
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The router's thread could not be started.
+    #[error("cannot start the router thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Starts the proxy on its own OS thread and returns once the listen socket is bound, or with
+/// [`RouterError::Bind`] if it cannot be bound.
+///
+/// Pingora builds and owns its tokio runtimes, so the proxy never runs on the caller's runtime;
+/// calling this from async code is fine, as it only binds a socket and spawns a thread.
+/// Connections that arrive before the proxy's first `accept` wait in the socket's backlog.
+pub fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle, RouterError> {
+    server::start(config, routes)
+}

@@ -1,0 +1,358 @@
+//! The request lifecycle: the [`ProxyHttp`] phases the router overrides, in the order pingora
+//! runs them (pingora's `docs/user_guide/phase.md` draws the whole chart). Every other phase
+//! keeps pingora's default; in particular bodies are never touched, so pingora streams them in
+//! both directions.
+//!
+//! - `request_filter`: reads the host, settles the request id, looks the host up in the current
+//!   route-table snapshot and picks a backend. An unknown host is answered 404 (`no_route`) and
+//!   an app without a ready instance 503 (`no_backend`) right here, before any upstream work.
+//! - `upstream_peer`: turns the chosen backend into a plain HTTP/1.1 [`HttpPeer`]; pingora keeps
+//!   its connections in a keep-alive pool. On a retry it moves on to the app's next backend.
+//! - `fail_to_connect`: a failed connect has sent nothing yet, so it is retried on the app's
+//!   other backends, each tried once.
+//! - `upstream_request_filter`: sets X-Forwarded-For/Proto/Host/Port and X-Request-Id. Pingora's
+//!   default upstream request policy has already removed the standard hop-by-hop fields and those
+//!   the client's `Connection` names.
+//! - `response_filter`: removes the response's hop-by-hop fields that pingora passes through and
+//!   returns X-Request-Id to the client.
+//! - `fail_to_proxy`: answers a failed request with the router's page for it: 502
+//!   (`upstream_connect`, `upstream_failed`), 504 (`upstream_timeout`), 4xx (`bad_request`),
+//!   500 (`internal`).
+//! - `suppress_error_log`, `suppress_proxy_warn_log`: pingora's own log lines for these failures
+//!   are replaced by the router's `tracing` events, which carry the code word.
+//! - `logging`: one access event per request, at debug level.
+//!
+//! Invariant: the request path reads the route table snapshot and nothing else; it never blocks
+//! and never calls the controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+use pingora::{Error, ErrorType, Result};
+use slipway_core::routes::{AppRoute, Routes};
+
+use crate::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT};
+use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::pages::{self, Failure};
+
+/// How long to wait for an instance to accept a connection. Instances run on this host or its
+/// network, so a slow connect means the instance is gone or stuck.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The router's [`ProxyHttp`] implementation.
+pub(crate) struct Router {
+    routes: Routes,
+    /// The port the router accepts on, sent as X-Forwarded-Port.
+    listen_port: u16,
+}
+
+impl Router {
+    pub(crate) fn new(routes: Routes, listen_port: u16) -> Self {
+        Router {
+            routes,
+            listen_port,
+        }
+    }
+}
+
+/// What one request has learned so far.
+pub(crate) struct RequestCtx {
+    started: Instant,
+    /// Empty until `request_filter` settles it.
+    request_id: String,
+    /// The host the request names, as sent (port included).
+    host: String,
+    /// The route from the snapshot the request started with; later tables do not affect it.
+    route: Option<Arc<AppRoute>>,
+    /// The backend of the current attempt.
+    backend: Option<SocketAddr>,
+    /// Upstream connection attempts made.
+    attempts: usize,
+}
+
+impl RequestCtx {
+    fn app(&self) -> &str {
+        self.route.as_ref().map_or("", |r| r.app.as_str())
+    }
+
+    /// The request id, made up now if the request failed before `request_filter` settled one.
+    fn request_id(&mut self) -> &str {
+        if self.request_id.is_empty() {
+            self.request_id = forwarded::new_request_id();
+        }
+        &self.request_id
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Router {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            host: String::new(),
+            route: None,
+            backend: None,
+            attempts: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = forwarded::request_id(req.headers.get(X_REQUEST_ID));
+        ctx.host = forwarded::request_host(req).unwrap_or_default().to_owned();
+
+        let Some(route) = self.routes.snapshot().lookup(&ctx.host).cloned() else {
+            tracing::info!(
+                code = Failure::NoRoute.code(),
+                host = %ctx.host,
+                request_id = %ctx.request_id,
+                "route: no app at this host"
+            );
+            respond(session, ctx, Failure::NoRoute).await?;
+            return Ok(true);
+        };
+        ctx.backend = route.pick();
+        ctx.route = Some(route);
+        if ctx.backend.is_none() {
+            tracing::warn!(
+                code = Failure::NoBackend.code(),
+                app = ctx.app(),
+                host = %ctx.host,
+                request_id = %ctx.request_id,
+                "route: no ready instance"
+            );
+            respond(session, ctx, Failure::NoBackend).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(mut backend)) = (&ctx.route, ctx.backend) else {
+            return Error::e_explain(ErrorType::InternalError, "no backend chosen for request");
+        };
+        if ctx.attempts > 0 {
+            backend = next_backend(&route.backends, backend);
+            ctx.backend = Some(backend);
+        }
+        ctx.attempts += 1;
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let backends = ctx.route.as_ref().map_or(0, |r| r.backends.len());
+        let retry = ctx.attempts < backends;
+        tracing::debug!(
+            code = Failure::UpstreamConnect.code(),
+            app = ctx.app(),
+            backend = %peer,
+            retry,
+            request_id = %ctx.request_id,
+            error = %e,
+            "route: cannot connect to instance"
+        );
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let chain =
+            forwarded::forwarded_for(upstream_request.headers.get_all(X_FORWARDED_FOR), client);
+        match chain {
+            Some(chain) => upstream_request.insert_header(X_FORWARDED_FOR, chain)?,
+            None => {
+                upstream_request.remove_header(X_FORWARDED_FOR);
+            }
+        }
+        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        if ctx.host.is_empty() {
+            upstream_request.remove_header(X_FORWARDED_HOST);
+        } else {
+            upstream_request.insert_header(X_FORWARDED_HOST, ctx.host.as_str())?;
+        }
+        upstream_request.insert_header(X_FORWARDED_PORT, self.listen_port.to_string())?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forwarded::strip_response_hop_by_hop(upstream_response);
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let failure = Failure::classify(e);
+        let status = failure.map_or(0, Failure::status);
+        let code = failure.map_or("client_gone", Failure::code);
+        let backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default();
+        let request_id = ctx.request_id().to_owned();
+        match failure {
+            None | Some(Failure::BadRequest(_)) => tracing::info!(
+                code,
+                status,
+                host = %ctx.host,
+                request_id,
+                error = %e,
+                "route: request failed on the client side"
+            ),
+            Some(Failure::Internal) => tracing::error!(
+                code,
+                status,
+                host = %ctx.host,
+                app = ctx.app(),
+                request_id,
+                error = %e,
+                "route: router fault"
+            ),
+            Some(_) => tracing::warn!(
+                code,
+                status,
+                app = ctx.app(),
+                backend,
+                attempts = ctx.attempts,
+                request_id,
+                error = %e,
+                "route: instance failed"
+            ),
+        }
+
+        // After a failure the connection's state is uncertain (part of a request body may be
+        // unread), so it is closed rather than reused.
+        session.set_keepalive(None);
+        if let Some(failure) = failure
+            && session.response_written().is_none()
+            && let Err(e) = respond(session, ctx, failure).await
+        {
+            tracing::debug!(code, error = %e, "route: cannot send the error page");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `fail_to_proxy` has logged it, with the code word.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are logged by `fail_to_connect`.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::debug!(
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            app = ctx.app(),
+            backend = ?ctx.backend,
+            elapsed_ms = ctx.started.elapsed().as_millis() as u64,
+            request_id = %ctx.request_id,
+            "route: request"
+        );
+    }
+}
+
+/// The backend after `current` in the app's list, wrapping around.
+fn next_backend(backends: &[SocketAddr], current: SocketAddr) -> SocketAddr {
+    let next = backends
+        .iter()
+        .position(|b| *b == current)
+        .map_or(0, |i| i + 1);
+    backends
+        .get(next % backends.len().max(1))
+        .copied()
+        .unwrap_or(current)
+}
+
+/// Sends the router's page for `failure`, with Content-Type, Content-Length and X-Request-Id.
+async fn respond(session: &mut Session, ctx: &mut RequestCtx, failure: Failure) -> Result<()> {
+    let message = failure.message(&ctx.host, ctx.app());
+    let body = pages::render(failure, &message, ctx.request_id());
+    let mut resp = ResponseHeader::build(failure.status(), Some(5))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(X_REQUEST_ID, ctx.request_id())?;
+    // A HEAD answer carries the page's headers but no body.
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if head_only {
+        return Ok(());
+    }
+    session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_backend_wraps_around() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        assert_eq!(next_backend(&[a, b, c], a), b);
+        assert_eq!(next_backend(&[a, b, c], c), a);
+        assert_eq!(next_backend(&[a], a), a);
+        // A backend that is no longer listed starts the list again.
+        assert_eq!(next_backend(&[b, c], a), b);
+    }
+}

@@ -1,0 +1,190 @@
+//! The router's lifecycle: bind the listen socket, run pingora's `Server` on a dedicated OS
+//! thread, stop it when asked.
+//!
+//! Signals. Pingora's `Server::run_forever` watches SIGINT, SIGTERM and SIGQUIT (through
+//! `UnixShutdownSignalWatch`) and ends with `std::process::exit`. The router calls `Server::run`
+//! instead, with [`StopSignal`] as its `ShutdownSignalWatch`: it resolves only when
+//! [`RouterHandle::stop`] is called, so pingora installs no signal handler and `run` returns to
+//! the router thread. The server is made from a `ServerConf` value, never from the process's
+//! arguments or a configuration file, with `daemon` off and without `bootstrap()`, so none of
+//! pingora's other `exit` paths (daemonizing, `--test`, `--upgrade`) can be reached.
+//!
+//! Binding. The listen socket is bound here, on the caller's thread, so a taken port is an error
+//! returned by [`start`] rather than a panic inside pingora's runtime. Pingora then adopts that
+//! very socket through its listen-fd table, the mechanism it uses to hand sockets over during
+//! graceful upgrades: [`PreBound`] gives the proxy service a table that holds the socket under
+//! its address, and pingora listens on it instead of binding again. There is no window between a
+//! check and a second bind, and port 0 works.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{
+    Fds, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora::services::Service;
+use pingora::services::listening::Service as ListeningService;
+use slipway_core::routes::Routes;
+use tokio::sync::watch;
+
+use crate::proxy::Router;
+use crate::{RouterConfig, RouterError};
+
+/// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
+const STOP_GRACE_SECONDS: u64 = 2;
+/// How long pingora then waits for its runtimes to wind down.
+const RUNTIME_SHUTDOWN_SECONDS: u64 = 1;
+/// Names the service and its threads (pingora keeps the first 16 characters).
+const SERVICE_NAME: &str = "slipway-router";
+
+/// A running router. Dropping it leaves the router running until the process exits.
+#[derive(Debug)]
+pub struct RouterHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: JoinHandle<()>,
+}
+
+impl RouterHandle {
+    /// The address the router accepts on, with the actual port when port 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, lets requests in flight finish for up to
+    /// `STOP_GRACE_SECONDS` (2 s), shuts the proxy down and returns.
+    ///
+    /// This blocks the calling thread for about three seconds; from async code call it through
+    /// `tokio::task::spawn_blocking`.
+    pub fn stop(self) {
+        // The receiver lives as long as the server thread, so a failed send means the thread
+        // has already ended; joining it below is all that is left to do.
+        let _ = self.stop.send(true);
+        if self.thread.join().is_err() {
+            tracing::error!(code = "router_panic", "route: the router thread panicked");
+        }
+        tracing::info!(listen = %self.local_addr, "route: router stopped");
+    }
+}
+
+pub(crate) fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle, RouterError> {
+    config.validate()?;
+    let bind_error = |source| RouterError::Bind {
+        addr: config.listen,
+        source,
+    };
+    // Rust's std sets SO_REUSEADDR on listeners, as pingora does when it binds by itself, so a
+    // restarted server can take the port back while old connections sit in TIME_WAIT.
+    let listener = TcpListener::bind(config.listen).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    // Pingora registers the adopted socket with tokio, which needs it non-blocking.
+    listener.set_nonblocking(true).map_err(bind_error)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let threads = config.threads;
+    let thread = thread::Builder::new()
+        .name(SERVICE_NAME.to_owned())
+        .spawn(move || run(listener, local_addr, threads, routes, stop_rx))
+        .map_err(RouterError::Spawn)?;
+    tracing::info!(listen = %local_addr, "route: router listening");
+    Ok(RouterHandle {
+        local_addr,
+        stop: stop_tx,
+        thread,
+    })
+}
+
+/// The router thread: runs pingora until [`StopSignal`] fires.
+fn run(
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    threads: usize,
+    routes: Routes,
+    stop: watch::Receiver<bool>,
+) {
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(STOP_GRACE_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    // Pingora looks sockets up in the table by the exact string the listener was added with.
+    let key = local_addr.to_string();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Router::new(routes, local_addr.port()),
+        SERVICE_NAME,
+    );
+    proxy.add_tcp(&key);
+    let mut fds = Fds::new();
+    // Ownership of the socket passes to pingora, which closes it when the service ends.
+    fds.add(key, listener.into_raw_fd());
+    server.add_service(PreBound {
+        inner: proxy,
+        fds: Arc::new(Mutex::new(fds)),
+    });
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(StopSignal(stop)),
+    });
+}
+
+/// Wraps the proxy service so that it listens on the socket [`start`] bound, whatever table
+/// the server passes in.
+struct PreBound<A> {
+    inner: ListeningService<A>,
+    fds: ListenFds,
+}
+
+#[async_trait]
+impl<A> Service for PreBound<A>
+where
+    ListeningService<A>: Service,
+    A: Send + Sync + 'static,
+{
+    async fn start_service(
+        &mut self,
+        _server_fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        Service::start_service(
+            &mut self.inner,
+            Some(self.fds.clone()),
+            shutdown,
+            listeners_per_fd,
+        )
+        .await;
+    }
+
+    fn name(&self) -> &str {
+        Service::name(&self.inner)
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Service::threads(&self.inner)
+    }
+}
+
+/// Pingora's shutdown trigger: [`RouterHandle::stop`], never a process signal.
+struct StopSignal(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut stop = self.0.clone();
+        let stopped = stop.wait_for(|stop| *stop).await.is_ok();
+        if !stopped {
+            // The handle was dropped without `stop`: serve until the process exits.
+            std::future::pending::<()>().await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}

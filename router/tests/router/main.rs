@@ -1,0 +1,433 @@
+//! The router driven over real HTTP: a router started in-process on a free port, echo apps
+//! behind it, and reqwest as the client.
+
+mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use slipway_core::routes::{AppRoute, RouteTable, Routes};
+use slipway_router::{RouterConfig, RouterError, RouterHandle};
+use upstream::{Upstream, echoed, echoed_headers, refusing_addr};
+
+/// A router on a free 127.0.0.1 port with an empty route table.
+struct Harness {
+    router: RouterHandle,
+    routes: Routes,
+    client: reqwest::Client,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let routes = Routes::default();
+        let config = RouterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            threads: 1,
+        };
+        let router = slipway_router::start(config, routes.clone()).expect("router starts");
+        Harness {
+            router,
+            routes,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.router.local_addr().port()
+    }
+
+    /// Publishes a table of `(host, app, backends)`.
+    fn publish(&self, entries: &[(&str, &str, Vec<SocketAddr>)]) {
+        let mut table = RouteTable::default();
+        for (host, app, backends) in entries {
+            table.insert(
+                [host.to_string()],
+                AppRoute::new(app.parse().unwrap(), backends.clone()),
+            );
+        }
+        self.routes.publish(table);
+    }
+
+    /// A GET of `path` through the router with `Host: host`.
+    fn get(&self, host: &str, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("http://127.0.0.1:{}{path}", self.port()))
+            .header(HOST, host)
+    }
+
+    async fn text(&self, host: &str, path: &str) -> (StatusCode, String) {
+        let resp = self.get(host, path).send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+}
+
+/// Checks an error page: status, small HTML with exact length, the sentence, a request id.
+async fn check_page(resp: reqwest::Response, status: StatusCode, sentence: &str) {
+    assert_eq!(resp.status(), status);
+    let headers = resp.headers().clone();
+    assert_eq!(headers[CONTENT_TYPE], "text/html; charset=utf-8");
+    let length: usize = headers[CONTENT_LENGTH].to_str().unwrap().parse().unwrap();
+    let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
+    let body = resp.text().await.unwrap();
+    assert_eq!(body.len(), length);
+    assert!(body.len() < 1024, "{body}");
+    assert!(body.contains(sentence), "{sentence:?} not in {body}");
+    assert!(body.contains(&request_id), "{body}");
+}
+
+#[tokio::test]
+async fn routes_by_host_with_and_without_port() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    let api = Upstream::start("api").await;
+    h.publish(&[
+        ("web.slipway.test", "web", vec![web.addr]),
+        ("api.example.com", "api", vec![api.addr]),
+    ]);
+
+    let with_port = format!("web.slipway.test:{}", h.port());
+    for (host, upstream) in [
+        ("web.slipway.test", "web"),
+        (with_port.as_str(), "web"),
+        ("WEB.Slipway.Test", "web"),
+        ("api.example.com", "api"),
+    ] {
+        let resp = h.get(host, "/hello?x=1").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{host}");
+        assert_eq!(resp.headers()["x-upstream"], upstream, "{host}");
+        let body = resp.text().await.unwrap();
+        assert!(body.starts_with("get /hello?x=1 http/1.1\n"), "{body}");
+        // The app sees the Host the client sent.
+        assert_eq!(echoed(&body, "host"), host);
+    }
+}
+
+#[tokio::test]
+async fn unknown_host_is_404() {
+    let h = Harness::start();
+    h.publish(&[("web.slipway.test", "web", vec![refusing_addr()])]);
+    let resp = h.get("nope.slipway.test", "/").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::NOT_FOUND,
+        "no app is served at nope.slipway.test",
+    )
+    .await;
+
+    // The host comes from the client, so the page escapes it.
+    let resp = h.get("<b>x</b>", "/").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::NOT_FOUND,
+        "no app is served at &lt;b&gt;x&lt;/b&gt;",
+    )
+    .await;
+
+    // A HEAD answer has the headers and no body.
+    let resp = h
+        .client
+        .head(format!("http://127.0.0.1:{}/", h.port()))
+        .header(HOST, "nope.slipway.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.text().await.unwrap(), "");
+}
+
+#[tokio::test]
+async fn app_without_ready_instance_is_503() {
+    let h = Harness::start();
+    h.publish(&[("idle.slipway.test", "idle", vec![])]);
+    let resp = h.get("idle.slipway.test", "/").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no instance of idle is ready",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_connection_is_502() {
+    let h = Harness::start();
+    h.publish(&[("down.slipway.test", "down", vec![refusing_addr()])]);
+    let resp = h.get("down.slipway.test", "/").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::BAD_GATEWAY,
+        "no instance of down could be reached",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_closing_without_answer_is_502() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    let resp = h.get("web.slipway.test", "/close").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::BAD_GATEWAY,
+        "web closed the connection without a valid answer",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_backend_is_skipped_for_a_ready_one() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![refusing_addr(), web.addr])]);
+    // Round-robin starts every other request on the refusing backend; each must still succeed.
+    for _ in 0..4 {
+        let (status, _) = h.text("web.slipway.test", "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn round_robin_over_backends() {
+    let h = Harness::start();
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    h.publish(&[("web.slipway.test", "web", vec![a.addr, b.addr])]);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = h.get("web.slipway.test", "/").send().await.unwrap();
+        seen.push(resp.headers()["x-upstream"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["a", "b", "a", "b"]);
+}
+
+#[tokio::test]
+async fn forwarded_headers_reach_the_app() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    let host = format!("web.slipway.test:{}", h.port());
+
+    let resp = h
+        .get(&host, "/")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .header("x-forwarded-port", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = resp.text().await.unwrap();
+    assert_eq!(echoed(&body, "x-forwarded-for"), "203.0.113.7, 127.0.0.1");
+    assert_eq!(echoed(&body, "x-forwarded-proto"), "http");
+    assert_eq!(echoed(&body, "x-forwarded-host"), host);
+    assert_eq!(echoed(&body, "x-forwarded-port"), h.port().to_string());
+    // No id was sent, so the router made one and gave the app and the client the same.
+    assert_eq!(request_id.len(), 32, "{request_id}");
+    assert_eq!(echoed(&body, "x-request-id"), request_id);
+
+    // Without a chain from the client, the chain is the client alone.
+    let (_, body) = h.text("web.slipway.test", "/").await;
+    assert_eq!(echoed(&body, "x-forwarded-for"), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn request_id_is_kept_only_when_valid() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+
+    for (sent, kept) in [
+        ("req-42.abc_DEF", true),
+        ("has spaces", false),
+        ("<script>", false),
+        (&*"x".repeat(201), false),
+    ] {
+        let resp = h
+            .get("web.slipway.test", "/")
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let returned = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body = resp.text().await.unwrap();
+        assert_eq!(echoed(&body, "x-request-id"), returned);
+        assert_eq!(returned == sent, kept, "{sent:?} -> {returned:?}");
+    }
+
+    // Error pages carry the client's id too.
+    let resp = h
+        .get("nope.slipway.test", "/")
+        .header("x-request-id", "req-404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-404");
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_dropped_both_ways() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+
+    let hop_by_hop = |req: reqwest::RequestBuilder| {
+        req.header("connection", "x-private")
+            .header("x-private", "1")
+            .header("keep-alive", "timeout=1")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "trailers")
+    };
+    const STRIPPED: [&str; 4] = ["x-private", "keep-alive", "proxy-connection", "te"];
+
+    // Sent straight to the app, every field arrives and comes back: the check below is real.
+    let direct = hop_by_hop(h.client.get(format!("http://{}/", web.addr)));
+    let resp = direct.send().await.unwrap();
+    assert!(resp.headers().contains_key("x-hop"));
+    let body = resp.text().await.unwrap();
+    let names: Vec<String> = echoed_headers(&body).into_iter().map(|(k, _)| k).collect();
+    for name in STRIPPED {
+        assert!(names.iter().any(|n| n == name), "{name} not sent: {body}");
+    }
+
+    let resp = hop_by_hop(h.get("web.slipway.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for name in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert!(
+            !resp.headers().contains_key(name),
+            "{name} reached the client"
+        );
+    }
+    let body = resp.text().await.unwrap();
+    let names: Vec<String> = echoed_headers(&body).into_iter().map(|(k, _)| k).collect();
+    for name in STRIPPED {
+        assert!(
+            !names.iter().any(|n| n == name),
+            "{name} reached the app: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_pass_through() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let resp = h
+        .client
+        .post(format!("http://127.0.0.1:{}/upload", h.port()))
+        .header(HOST, "web.slipway.test")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.unwrap();
+    assert!(body.ends_with(&payload), "the body did not come back whole");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    for _ in 0..10 {
+        let (status, _) = h.text("web.slipway.test", "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Pingora returns a connection to its pool just after the response ends, so a request can
+    // occasionally open a second one; ten fresh connections would mean no pooling at all.
+    assert!(web.connections() < 5, "{} connections", web.connections());
+}
+
+#[tokio::test]
+async fn publishing_a_table_changes_routing() {
+    let h = Harness::start();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+
+    h.publish(&[("web.slipway.test", "web", vec![blue.addr])]);
+    let resp = h.get("web.slipway.test", "/").send().await.unwrap();
+    assert_eq!(resp.headers()["x-upstream"], "blue");
+
+    h.publish(&[("web.slipway.test", "web", vec![green.addr])]);
+    let resp = h.get("web.slipway.test", "/").send().await.unwrap();
+    assert_eq!(resp.headers()["x-upstream"], "green");
+
+    h.publish(&[]);
+    let (status, _) = h.text("web.slipway.test", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn taken_port_is_an_error_from_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = RouterConfig {
+        listen: addr,
+        threads: 1,
+    };
+    match slipway_router::start(config, Routes::default()) {
+        Err(RouterError::Bind { addr: a, source }) => {
+            assert_eq!(a, addr);
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+}
+
+#[test]
+fn zero_threads_is_refused() {
+    let config = RouterConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 0,
+    };
+    assert!(matches!(
+        slipway_router::start(config, Routes::default()),
+        Err(RouterError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn stop_closes_the_listener() {
+    let h = Harness::start();
+    let addr = h.router.local_addr();
+    let (status, _) = h.text("nope.slipway.test", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    tokio::task::spawn_blocking(move || h.router.stop())
+        .await
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn router_takes_no_signals() {
+    let h = Harness::start();
+    let (status, _) = h.text("nope.slipway.test", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // SigCgt is the mask of signals this process has a handler for; bit n-1 is signal n. Had
+    // pingora installed its handlers, SIGINT (2), SIGQUIT (3) or SIGTERM (15) would be set.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    for signal in [2, 3, 15] {
+        assert_eq!(caught & (1 << (signal - 1)), 0, "signal {signal} is caught");
+    }
+}
