@@ -1,0 +1,252 @@
+//! One build, from the pushed source to a serving release: receive → detect → build → export →
+//! release → deploy. Progress goes to the pusher as `-----> ` lines; any failure rejects the
+//! push and leaves the running release alone.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_core::ports::BuiltImage;
+use slipway_core::{AppName, ProcessTypes, UserName, procfile};
+use slipway_runtime::{BuildSpec, LABEL_INSTANCE, RegistryAuth};
+use tokio::sync::mpsc;
+
+use crate::export::{self, Target};
+use crate::hook::Push;
+use crate::{BuildError, Shared};
+
+/// The embedded `/cnb` tree: the lifecycle, the shipped buildpacks and their order.
+const CNB_TAR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cnb.tar"));
+
+/// Runs the whole pipeline for one push and sends the verdict to the hook.
+pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut push: Push) {
+    let started = Instant::now();
+    let lock = shared.build_lock(&app);
+    let _guard = match lock.try_lock() {
+        Ok(g) => g,
+        Err(_) => {
+            push.reporter
+                .line(&format!("-----> Another build of {app} is running; waiting for it to finish"))
+                .await;
+            lock.lock().await
+        }
+    };
+    let result = build(&shared, &app, &user, &mut push).await;
+    match result {
+        Ok(version) => {
+            push.reporter
+                .line(&format!(
+                    "-----> Launching... done, v{version} ({:.1}s)\n       http://{app}.{} deployed to Slipway",
+                    started.elapsed().as_secs_f64(),
+                    shared.config.domain
+                ))
+                .await;
+            push.reporter.finish(0).await;
+        }
+        Err(e) => {
+            tracing::info!(app = %app, "build: rejected: {e}");
+            push.reporter.line(&format!(" !     {e}")).await;
+            push.reporter
+                .line(" !     Push rejected; the running release is unchanged.")
+                .await;
+            push.reporter.finish(1).await;
+        }
+    }
+}
+
+async fn build(
+    shared: &Arc<Shared>,
+    app: &AppName,
+    user: &UserName,
+    push: &mut Push,
+) -> Result<i64, BuildError> {
+    let short: String = push.new.chars().take(7).collect();
+    push.reporter
+        .line(&format!("-----> Building {app} from {short}"))
+        .await;
+
+    // receive: the source, re-owned by the stack's user, and its Procfile.
+    let source = push.source.path().to_owned();
+    let (workspace_tar, procfile_text) = tokio::task::spawn_blocking(move || own_source(&source))
+        .await
+        .map_err(|e| BuildError::Receive(e.to_string()))??;
+    let procfile: ProcessTypes = match procfile_text {
+        Some(text) => procfile::parse(&text).map_err(|e| BuildError::Receive(e.to_string()))?,
+        None => ProcessTypes::new(),
+    };
+
+    // detect + build, inside a container of the build image.
+    let registry = RegistryAuth {
+        server: shared.config.registry_addr.clone(),
+        username: shared.config.registry_user.clone(),
+        password: shared.config.registry_token.clone(),
+    };
+    let build_image = format!("{}/{}", shared.config.registry_addr, shared.config.build_image);
+    shared
+        .engine
+        .pull(&build_image, &registry)
+        .await
+        .map_err(|e| BuildError::Build(format!("{e}; push the stacks with stacks/push.sh")))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let spec = BuildSpec {
+        name: format!("slipway-build-{app}-{:08x}", rand::random::<u32>()),
+        image: build_image,
+        cmd: vec!["/cnb/lifecycle/build".into()],
+        env: vec!["CNB_PLATFORM_API=0.10".into()],
+        labels: HashMap::from([
+            (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
+            ("slipway.build".to_owned(), app.to_string()),
+        ]),
+        uploads: vec![
+            ("/".to_owned(), CNB_TAR.to_vec()),
+            ("/workspace".to_owned(), workspace_tar),
+        ],
+        memory_bytes: shared.config.build_memory_bytes,
+        nano_cpus: shared.config.build_nano_cpus,
+        timeout: shared.config.build_timeout,
+    };
+    let engine = shared.engine.clone();
+    let running = tokio::spawn(async move { engine.run_build(spec, tx).await });
+    while let Some(chunk) = rx.recv().await {
+        push.reporter.output(&chunk).await;
+    }
+    let (container, code) = running
+        .await
+        .map_err(|e| BuildError::Build(e.to_string()))?
+        .map_err(|e| BuildError::Build(e.to_string()))?;
+    let outcome = async {
+        match code {
+            0 => {}
+            100 => return Err(BuildError::Detect("no buildpack detected this app".into())),
+            n => return Err(BuildError::Build(format!("the build failed (exit {n})"))),
+        }
+        // export: copy the result out and push it.
+        push.reporter.line("-----> Exporting image").await;
+        let scratch = tempfile::tempdir_in(&shared.scratch)
+            .map_err(|e| BuildError::Export(e.to_string()))?;
+        for (path, name) in [("/workspace", "workspace.tar"), ("/layers", "layers.tar")] {
+            let dest = scratch.path().join(name);
+            shared
+                .engine
+                .download(&container, path, &dest)
+                .await
+                .map_err(|e| BuildError::Export(e.to_string()))?;
+            let root = scratch.path().join("root");
+            tokio::task::spawn_blocking(move || unpack(&dest, &root))
+                .await
+                .map_err(|e| BuildError::Export(e.to_string()))??;
+        }
+        let target = Target {
+            registry: shared.config.registry_addr.clone(),
+            username: shared.config.registry_user.clone(),
+            token: shared.config.registry_token.clone(),
+        };
+        export::export(
+            &scratch.path().join("root"),
+            scratch.path(),
+            &target,
+            &shared.config.run_image,
+            app.as_str(),
+            &push.new,
+            &procfile,
+        )
+        .await
+    }
+    .await;
+    let _ = shared
+        .engine
+        .remove(&container, std::time::Duration::ZERO)
+        .await;
+    let exported = outcome?;
+    push.reporter
+        .line(&format!(
+            "       {} ({} KiB uploaded)",
+            exported.image,
+            exported.uploaded.div_ceil(1024)
+        ))
+        .await;
+
+    // release: Procfile wins over the buildpacks' launch metadata.
+    let mut processes = exported.launch_processes;
+    processes.extend(procfile);
+    if !processes.contains_key("web") {
+        push.reporter
+            .line("       no web process: add a Procfile with `web: <command>` to serve HTTP")
+            .await;
+    } else {
+        push.reporter
+            .line(&format!(
+                "-----> Process types: {}",
+                processes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            .await;
+    }
+    let release = shared
+        .releases
+        .release_build(BuiltImage {
+            app: app.clone(),
+            image: exported.image,
+            processes,
+            commit: push.new.clone(),
+            user: user.clone(),
+        })
+        .await
+        .map_err(|e| BuildError::Release(e.to_string()))?;
+    push.reporter
+        .line(&format!("-----> Releasing v{}", release.version))
+        .await;
+
+    // deploy: the push returns once the new release serves, or with why it could not.
+    shared
+        .releases
+        .await_deploy(app, release.version)
+        .await
+        .map_err(|e| BuildError::Deploy(e.to_string()))?;
+    Ok(release.version)
+}
+
+/// Rewrites the `git archive` tar so every entry belongs to the stack user (1000:1000), and
+/// returns it with the Procfile's text, if there is one.
+fn own_source(source: &Path) -> Result<(Vec<u8>, Option<String>), BuildError> {
+    let err = |e: std::io::Error| BuildError::Receive(format!("reading the pushed source: {e}"));
+    let mut archive = tar::Archive::new(std::fs::File::open(source).map_err(err)?);
+    let mut out = tar::Builder::new(Vec::new());
+    let mut procfile = None;
+    for entry in archive.entries().map_err(err)? {
+        let mut entry = entry.map_err(err)?;
+        let mut header = entry.header().clone();
+        if matches!(
+            header.entry_type(),
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            continue;
+        }
+        let path = entry.path().map_err(err)?.into_owned();
+        header.set_uid(1000);
+        header.set_gid(1000);
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(err)?;
+        if path == Path::new("Procfile") {
+            procfile = Some(String::from_utf8_lossy(&data).into_owned());
+        }
+        if header.entry_type() == tar::EntryType::Symlink {
+            let target = entry.link_name().map_err(err)?.unwrap_or_default().into_owned();
+            out.append_link(&mut header, &path, target).map_err(err)?;
+        } else {
+            out.append_data(&mut header, &path, data.as_slice())
+                .map_err(err)?;
+        }
+    }
+    Ok((out.into_inner().map_err(err)?, procfile))
+}
+
+fn unpack(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
+    let err = |e: std::io::Error| BuildError::Export(format!("reading build output: {e}"));
+    std::fs::create_dir_all(root).map_err(err)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(tar_path).map_err(err)?);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    archive.unpack(root).map_err(err)
+}

@@ -1,0 +1,551 @@
+//! The database: connection, migrations and every SQL statement Slipway runs.
+//!
+//! Invariant: no other module holds SQL. Queries are built at runtime with bound parameters
+//! (never string formatting of values), so the same code can serve PostgreSQL later.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use slipway_core::{AppName, Config, Fingerprint, ProcessTypes, Release, UserName};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database refused or failed a statement.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A row held data that no longer parses (a name or JSON written by a newer version).
+    #[error("database row is corrupt: {0}")]
+    Corrupt(String),
+    /// A uniqueness rule was broken: the thing already exists.
+    #[error("{0} already exists")]
+    Exists(String),
+}
+
+type Result<T> = std::result::Result<T, DbError>;
+
+/// Ordered migrations; each runs once, in a transaction, and is recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// A user's SSH key as listed.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    /// The key's fingerprint.
+    pub fingerprint: String,
+    /// The canonical key line.
+    pub public_key: String,
+    /// The key's comment.
+    pub comment: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// An app as listed.
+#[derive(Debug, Clone)]
+pub struct AppRow {
+    /// The app's name.
+    pub name: AppName,
+    /// Its owner.
+    pub owner: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A release's rollout state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    /// Recorded, not yet serving.
+    Pending,
+    /// Its instances are serving.
+    Deployed,
+    /// Its instances never became ready.
+    Failed,
+}
+
+impl ReleaseStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Pending => "pending",
+            ReleaseStatus::Deployed => "deployed",
+            ReleaseStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(ReleaseStatus::Pending),
+            "deployed" => Ok(ReleaseStatus::Deployed),
+            "failed" => Ok(ReleaseStatus::Failed),
+            other => Err(DbError::Corrupt(format!("release status {other:?}"))),
+        }
+    }
+}
+
+/// The database handle.
+#[derive(Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn parse_name<T: FromStr>(s: String) -> Result<T> {
+    s.parse().map_err(|_| DbError::Corrupt(format!("name {s:?}")))
+}
+
+impl Db {
+    /// Opens (creating if missing) the SQLite database at `path` and runs pending migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let db = Db { pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if done {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Creates a user with one API token (given as its hash).
+    pub async fn create_user(&self, name: &UserName, token_hash: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING id")
+            .bind(name.as_str())
+            .bind(now())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    DbError::Exists(format!("user {name}"))
+                } else {
+                    e.into()
+                }
+            })?
+            .try_get(0)?;
+        sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(token_hash)
+            .bind(id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether any user exists yet.
+    pub async fn has_users(&self) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM users LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// The user holding the token with this hash.
+    pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<UserName>> {
+        let row = sqlx::query(
+            "SELECT u.name FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| parse_name(r.try_get(0)?)).transpose()
+    }
+
+    /// The user owning the key with this fingerprint.
+    pub async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>> {
+        let row = sqlx::query(
+            "SELECT u.name FROM keys k JOIN users u ON u.id = k.user_id WHERE k.fingerprint = ?",
+        )
+        .bind(fp.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| parse_name(r.try_get(0)?)).transpose()
+    }
+
+    /// Adds a key for `user`.
+    pub async fn add_key(
+        &self,
+        user: &UserName,
+        fp: &Fingerprint,
+        public_key: &str,
+        comment: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO keys (fingerprint, user_id, public_key, comment, created_at) \
+             SELECT ?, id, ?, ?, ? FROM users WHERE name = ?",
+        )
+        .bind(fp.as_str())
+        .bind(public_key)
+        .bind(comment)
+        .bind(now())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                DbError::Exists(format!("key {fp}"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The keys of `user`.
+    pub async fn keys(&self, user: &UserName) -> Result<Vec<KeyRow>> {
+        let rows = sqlx::query(
+            "SELECT k.fingerprint, k.public_key, k.comment, k.created_at FROM keys k \
+             JOIN users u ON u.id = k.user_id WHERE u.name = ? ORDER BY k.created_at, k.fingerprint",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(KeyRow {
+                    fingerprint: r.try_get(0)?,
+                    public_key: r.try_get(1)?,
+                    comment: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes `user`'s key; whether there was one.
+    pub async fn remove_key(&self, user: &UserName, fp: &Fingerprint) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM keys WHERE fingerprint = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+        )
+        .bind(fp.as_str())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Creates an app owned by `owner`.
+    pub async fn create_app(&self, name: &AppName, owner: &UserName) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO apps (name, owner_id, created_at) SELECT ?, id, ? FROM users WHERE name = ?",
+        )
+        .bind(name.as_str())
+        .bind(now())
+        .bind(owner.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                DbError::Exists(format!("app {name}"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    /// An app by name.
+    pub async fn app(&self, name: &AppName) -> Result<Option<AppRow>> {
+        let row = sqlx::query(
+            "SELECT a.name, u.name, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id \
+             WHERE a.name = ?",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(app_row).transpose()
+    }
+
+    /// Every app, by name.
+    pub async fn apps(&self) -> Result<Vec<AppRow>> {
+        let rows = sqlx::query(
+            "SELECT a.name, u.name, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id \
+             ORDER BY a.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(app_row).collect()
+    }
+
+    /// Deletes an app with its releases; whether there was one.
+    pub async fn delete_app(&self, name: &AppName) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM apps WHERE name = ?")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records the next release of `app`, numbered one past the latest. `make` gets the latest
+    /// release (if any) and returns the new one's contents; the read and the insert share one
+    /// transaction, so concurrent changes never lose each other's config.
+    pub async fn add_release(
+        &self,
+        app: &AppName,
+        make: impl FnOnce(Option<&Release>) -> NewRelease,
+    ) -> Result<Release> {
+        let mut tx = self.pool.begin().await?;
+        // Taking SQLite's write lock first makes the read-modify-write below serial.
+        sqlx::query("UPDATE apps SET created_at = created_at WHERE name = ?")
+            .bind(app.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let latest = sqlx::query(release_query("ORDER BY r.version DESC LIMIT 1"))
+            .bind(app.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(release_row)
+            .transpose()?;
+        let new = make(latest.as_ref().map(|(r, _)| r));
+        let release = Release {
+            app: app.clone(),
+            version: latest.map_or(1, |(r, _)| r.version + 1),
+            image: new.image,
+            config: new.config,
+            processes: new.processes,
+            commit: new.commit,
+            description: new.description,
+            created_by: new.created_by,
+            created_at: now(),
+        };
+        let json = |v: &std::collections::BTreeMap<String, String>| {
+            serde_json::to_string(v).map_err(|e| DbError::Corrupt(e.to_string()))
+        };
+        sqlx::query(
+            "INSERT INTO releases (app_id, version, image, config, processes, commit_sha, \
+             description, created_by, created_at, status) \
+             SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE name = ?",
+        )
+        .bind(release.version)
+        .bind(&release.image)
+        .bind(json(&release.config)?)
+        .bind(json(&release.processes)?)
+        .bind(&release.commit)
+        .bind(&release.description)
+        .bind(&release.created_by)
+        .bind(release.created_at)
+        .bind(ReleaseStatus::Pending.as_str())
+        .bind(app.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(release)
+    }
+
+    /// The releases of `app`, newest first.
+    pub async fn releases(&self, app: &AppName) -> Result<Vec<(Release, ReleaseStatus)>> {
+        let rows = sqlx::query(release_query("ORDER BY r.version DESC"))
+            .bind(app.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(release_row).collect()
+    }
+
+    /// The latest release of `app`.
+    pub async fn latest_release(&self, app: &AppName) -> Result<Option<Release>> {
+        let row = sqlx::query(release_query("ORDER BY r.version DESC LIMIT 1"))
+            .bind(app.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(release_row).transpose()?.map(|(r, _)| r))
+    }
+
+    /// The release the reconciler should run: the newest one with an image that has not failed.
+    pub async fn target_release(&self, app: &AppName) -> Result<Option<(Release, ReleaseStatus)>> {
+        let row = sqlx::query(release_query("AND r.image IS NOT NULL AND r.status != 'failed' \
+             ORDER BY r.version DESC LIMIT 1"))
+        .bind(app.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(release_row).transpose()
+    }
+
+    /// The status of one release.
+    pub async fn release_status(
+        &self,
+        app: &AppName,
+        version: i64,
+    ) -> Result<Option<ReleaseStatus>> {
+        let row = sqlx::query(release_query("AND r.version = ?"))
+            .bind(app.as_str())
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(release_row).transpose()?.map(|(_, s)| s))
+    }
+
+    /// Sets a release's rollout status.
+    pub async fn set_release_status(
+        &self,
+        app: &AppName,
+        version: i64,
+        status: ReleaseStatus,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE releases SET status = ? WHERE version = ? \
+             AND app_id = (SELECT id FROM apps WHERE name = ?)",
+        )
+        .bind(status.as_str())
+        .bind(version)
+        .bind(app.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The contents of a release about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    /// The image by digest.
+    pub image: Option<String>,
+    /// Config vars.
+    pub config: Config,
+    /// Process types.
+    pub processes: ProcessTypes,
+    /// The commit built.
+    pub commit: Option<String>,
+    /// What made it.
+    pub description: String,
+    /// Who made it.
+    pub created_by: String,
+}
+
+/// A release query: [`RELEASE_SELECT`] followed by `tail`, both constants. Assembled from
+/// constants only, so no value ever reaches the SQL text.
+fn release_query(tail: &'static str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{RELEASE_SELECT} {tail}"))
+}
+
+const RELEASE_SELECT: &str = "SELECT a.name, r.version, r.image, r.config, r.processes, \
+    r.commit_sha, r.description, r.created_by, r.created_at, r.status \
+    FROM releases r JOIN apps a ON a.id = r.app_id WHERE a.name = ?";
+
+fn app_row(r: sqlx::sqlite::SqliteRow) -> Result<AppRow> {
+    Ok(AppRow {
+        name: parse_name(r.try_get(0)?)?,
+        owner: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+    })
+}
+
+fn release_row(r: sqlx::sqlite::SqliteRow) -> Result<(Release, ReleaseStatus)> {
+    let json = |s: String| -> Result<std::collections::BTreeMap<String, String>> {
+        serde_json::from_str(&s).map_err(|e| DbError::Corrupt(e.to_string()))
+    };
+    let release = Release {
+        app: parse_name(r.try_get(0)?)?,
+        version: r.try_get(1)?,
+        image: r.try_get(2)?,
+        config: json(r.try_get(3)?)?,
+        processes: json(r.try_get(4)?)?,
+        commit: r.try_get(5)?,
+        description: r.try_get(6)?,
+        created_by: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+    };
+    let status: String = r.try_get(9)?;
+    Ok((release, ReleaseStatus::parse(&status)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent() {
+        let (dir, db) = fresh().await;
+        drop(db);
+        Db::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn users_keys_apps_releases() {
+        let (_dir, db) = fresh().await;
+        let admin: UserName = "admin".parse().unwrap();
+        db.create_user(&admin, "h1").await.unwrap();
+        assert!(matches!(db.create_user(&admin, "h2").await, Err(DbError::Exists(_))));
+        assert_eq!(db.user_by_token_hash("h1").await.unwrap(), Some(admin.clone()));
+        assert_eq!(db.user_by_token_hash("nope").await.unwrap(), None);
+
+        let fp: Fingerprint = "SHA256:eYDXum8idINQ8AP/VNoA/k7PGqZTO212zbq3BDQbDHc".parse().unwrap();
+        db.add_key(&admin, &fp, "ssh-ed25519 AAAA", "c").await.unwrap();
+        assert!(matches!(db.add_key(&admin, &fp, "x", "c").await, Err(DbError::Exists(_))));
+        assert_eq!(db.user_by_fingerprint(&fp).await.unwrap(), Some(admin.clone()));
+
+        let app: AppName = "web".parse().unwrap();
+        db.create_app(&app, &admin).await.unwrap();
+        let make = |desc: &str, image: Option<&str>| {
+            let desc = desc.to_owned();
+            let image = image.map(str::to_owned);
+            move |prev: Option<&Release>| NewRelease {
+                image: image.or_else(|| prev.and_then(|p| p.image.clone())),
+                config: prev.map(|p| p.config.clone()).unwrap_or_default(),
+                processes: Default::default(),
+                commit: None,
+                description: desc,
+                created_by: "admin".into(),
+            }
+        };
+        let v1 = db.add_release(&app, make("set A", None)).await.unwrap();
+        assert_eq!(v1.version, 1);
+        assert!(db.target_release(&app).await.unwrap().is_none());
+        let v2 = db.add_release(&app, make("deploy", Some("img@sha256:1"))).await.unwrap();
+        assert_eq!(v2.version, 2);
+        db.set_release_status(&app, 2, ReleaseStatus::Failed).await.unwrap();
+        assert!(db.target_release(&app).await.unwrap().is_none());
+        let v3 = db.add_release(&app, make("set B", None)).await.unwrap();
+        assert_eq!(v3.image.as_deref(), Some("img@sha256:1"));
+        let (target, status) = db.target_release(&app).await.unwrap().unwrap();
+        assert_eq!((target.version, status), (3, ReleaseStatus::Pending));
+        assert_eq!(db.releases(&app).await.unwrap().len(), 3);
+        assert!(db.delete_app(&app).await.unwrap());
+        assert!(db.releases(&app).await.unwrap().is_empty());
+    }
+}

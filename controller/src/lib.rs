@@ -1,0 +1,242 @@
+//! The controller: Slipway's source of truth. It owns the database (users, tokens, keys, apps,
+//! releases), serves the HTTP API the CLI talks to, answers the builder's and the registry's
+//! questions through the ports in `slipway_core::ports`, and runs the reconciler that makes the
+//! container engine match the releases.
+//!
+//! Invariant: only [`db`] holds SQL; the API and the ports go through [`Controller`]'s methods.
+
+pub mod api;
+pub mod db;
+mod error;
+pub mod reconciler;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use slipway_core::ports::{AppAccess, BuiltImage, Identity, PortError, Releases};
+use slipway_core::routes::Routes;
+use slipway_core::{AppName, Fingerprint, Release, UserName};
+use slipway_runtime::{Engine, RegistryAuth};
+
+pub use error::ControllerError;
+
+use db::{Db, NewRelease, ReleaseStatus};
+use reconciler::{Event, Reconciler, ReconcilerConfig, ReconcilerHandle};
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Where the database and the admin token live.
+    pub data_dir: PathBuf,
+    /// Apps are served at `<app>.<domain>`.
+    pub domain: String,
+    /// This server's instance id, put on every container it starts.
+    pub instance_id: String,
+    /// The registry address as the container engine reaches it (`127.0.0.1:5000`).
+    pub registry_addr: String,
+}
+
+/// The controller. Cheap to share behind an `Arc`.
+pub struct Controller {
+    db: Db,
+    config: ControllerConfig,
+    reconciler: ReconcilerHandle,
+    /// A token that lives only in this process's memory: the controller's own credential for
+    /// pulling release images from the registry. It acts as `admin`.
+    system_token: String,
+}
+
+/// What the first start created.
+pub struct FirstStart {
+    /// The admin's API token, also written to `DATA/admin-token`.
+    pub admin_token: String,
+    /// Where it was written.
+    pub token_path: PathBuf,
+}
+
+/// Returns a new random API token: 32 bytes as hex.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Controller {
+    /// Opens the database, creates the admin user on first start, and starts the reconciler
+    /// (which brings back every app at once).
+    pub async fn start(
+        config: ControllerConfig,
+        engine: Arc<dyn Engine>,
+        routes: Routes,
+    ) -> Result<(Arc<Controller>, Option<FirstStart>), ControllerError> {
+        let db = Db::open_sqlite(&config.data_dir.join("slipway.db")).await?;
+        let first = if db.has_users().await? {
+            None
+        } else {
+            Some(create_admin(&db, &config.data_dir).await?)
+        };
+        let system_token = new_token();
+        let reconciler = Reconciler::spawn(
+            db.clone(),
+            engine,
+            routes,
+            ReconcilerConfig {
+                instance_id: config.instance_id.clone(),
+                domain: config.domain.clone(),
+                registry: RegistryAuth {
+                    server: config.registry_addr.clone(),
+                    username: "admin".to_owned(),
+                    password: system_token.clone(),
+                },
+                ready_timeout: Duration::from_secs(60),
+                tick: Duration::from_secs(5),
+                drain: Duration::from_secs(2),
+            },
+        );
+        let controller = Arc::new(Controller {
+            db,
+            config,
+            reconciler,
+            system_token,
+        });
+        Ok((controller, first))
+    }
+
+    /// The controller's own registry credentials (`admin` and an in-memory token), for the
+    /// builder's pushes and the engine's pulls.
+    pub fn system_credentials(&self) -> (String, String) {
+        ("admin".to_owned(), self.system_token.clone())
+    }
+
+    /// The domain apps are served under.
+    pub fn domain(&self) -> &str {
+        &self.config.domain
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The user behind an API token.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<UserName>, ControllerError> {
+        if constant_time_eq(token.as_bytes(), self.system_token.as_bytes()) {
+            return Ok(Some("admin".parse().expect("admin is a valid user name")));
+        }
+        Ok(self.db.user_by_token_hash(&hash_token(token)).await?)
+    }
+
+    /// Records a release made from the latest one by `change`, and rolls it out.
+    pub(crate) async fn release(
+        &self,
+        app: &AppName,
+        change: impl FnOnce(Option<&Release>) -> NewRelease,
+    ) -> Result<Release, ControllerError> {
+        let release = self.db.add_release(app, change).await?;
+        self.reconciler.send(Event::Released(app.clone()));
+        Ok(release)
+    }
+
+    pub(crate) fn forget(&self, app: &AppName) {
+        self.reconciler.send(Event::Destroyed(app.clone()));
+    }
+}
+
+async fn create_admin(db: &Db, data_dir: &Path) -> Result<FirstStart, ControllerError> {
+    let token = new_token();
+    let admin: UserName = "admin".parse().expect("admin is a valid user name");
+    let token_path = data_dir.join("admin-token");
+    write_secret(&token_path, &token)?;
+    db.create_user(&admin, &hash_token(&token)).await?;
+    Ok(FirstStart {
+        admin_token: token,
+        token_path,
+    })
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), ControllerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| ControllerError::Io(format!("writing {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(format!("{secret}\n").as_bytes()).map_err(io)?;
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn port(e: impl std::fmt::Display) -> PortError {
+    PortError(e.to_string())
+}
+
+#[async_trait]
+impl Identity for Controller {
+    async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>, PortError> {
+        self.db.user_by_fingerprint(fp).await.map_err(port)
+    }
+
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserName>, PortError> {
+        self.authenticate(token).await.map_err(port)
+    }
+
+    async fn app_access(&self, user: &UserName, app: &AppName) -> Result<AppAccess, PortError> {
+        // Owner and admin for now; collaborators come with issue #6.
+        Ok(match self.db.app(app).await.map_err(port)? {
+            None => AppAccess::NoSuchApp,
+            Some(row) if row.owner == user.as_str() || user.as_str() == "admin" => {
+                AppAccess::Allowed
+            }
+            Some(_) => AppAccess::Forbidden,
+        })
+    }
+}
+
+#[async_trait]
+impl Releases for Controller {
+    async fn release_build(&self, built: BuiltImage) -> Result<Release, PortError> {
+        let short = built.commit.chars().take(7).collect::<String>();
+        self.release(&built.app, |prev| NewRelease {
+            image: Some(built.image),
+            config: prev.map(|p| p.config.clone()).unwrap_or_default(),
+            processes: built.processes,
+            commit: Some(built.commit),
+            description: format!("deploy {short}"),
+            created_by: built.user.to_string(),
+        })
+        .await
+        .map_err(port)
+    }
+
+    async fn await_deploy(&self, app: &AppName, version: i64) -> Result<(), PortError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            match self.db.release_status(app, version).await.map_err(port)? {
+                Some(ReleaseStatus::Deployed) => return Ok(()),
+                Some(ReleaseStatus::Failed) => {
+                    return Err(PortError(format!(
+                        "v{version} did not start: its web process never accepted connections on $PORT; the previous release keeps serving"
+                    )));
+                }
+                None => return Err(PortError(format!("app {app} was destroyed"))),
+                Some(ReleaseStatus::Pending) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PortError(format!("v{version} is still starting after 5 minutes")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
