@@ -1,0 +1,275 @@
+//! The client commands: each one is a call to the API and a table for people.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// An API client with the caller's token.
+pub(crate) struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    message: String,
+}
+
+impl Api {
+    /// From `SLIPWAY_URL` and `SLIPWAY_TOKEN`.
+    pub(crate) fn from_env(url: Option<String>, token: Option<String>) -> Result<Api> {
+        let base = url
+            .unwrap_or_else(|| "http://127.0.0.1:7700".to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = token
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| anyhow!("no API token: set SLIPWAY_TOKEN (the admin's is in DATA/admin-token)"))?;
+        Ok(Api {
+            base,
+            token: token.trim().to_owned(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the Slipway API at {}: {}", self.base, root_cause(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the API's answer")?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| format!("the API answered {status}"));
+            bail!("{msg}");
+        }
+        if status == StatusCode::NO_CONTENT || text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&text).context("the API answered with invalid JSON")?))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.call(Method::GET, path, None).await?.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        Ok(self.call(Method::POST, path, Some(body)).await?.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn patch(&self, path: &str, body: Value) -> Result<Value> {
+        Ok(self.call(Method::PATCH, path, Some(body)).await?.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Result<()> {
+        self.call(Method::DELETE, path, None).await?;
+        Ok(())
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The app to act on: `-a NAME`, or the last path segment of the git remote named `slipway`.
+pub(crate) fn resolve_app(flag: Option<String>) -> Result<String> {
+    if let Some(app) = flag {
+        return Ok(app);
+    }
+    let out = std::process::Command::new("git")
+        .args(["remote", "get-url", "slipway"])
+        .output();
+    if let Ok(out) = out
+        && out.status.success()
+    {
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let last = url.rsplit(['/', ':']).next().unwrap_or("");
+        let name = last.strip_suffix(".git").unwrap_or(last);
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+    }
+    bail!("no app given: use -a APP, or run inside a git repository with a remote named slipway")
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+pub(crate) async fn keys(api: &Api) -> Result<()> {
+    let keys = api.get("/v1/keys").await?;
+    let rows = keys
+        .as_array()
+        .map(|a| a.iter().map(|k| vec![s(&k["fingerprint"]), s(&k["comment"])]).collect())
+        .unwrap_or_default();
+    table(&["FINGERPRINT", "COMMENT"], rows);
+    Ok(())
+}
+
+pub(crate) async fn keys_add(api: &Api, path: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let added = api.post("/v1/keys", json!({ "public_key": text.trim() })).await?;
+    println!("added key {}", s(&added["fingerprint"]));
+    Ok(())
+}
+
+pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
+    let encoded: String = fingerprint
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    api.delete(&format!("/v1/keys/{encoded}")).await?;
+    println!("removed key {fingerprint}");
+    Ok(())
+}
+
+pub(crate) async fn apps(api: &Api) -> Result<()> {
+    let apps = api.get("/v1/apps").await?;
+    let rows = apps
+        .as_array()
+        .map(|a| a.iter().map(|x| vec![s(&x["name"]), s(&x["owner"]), s(&x["url"])]).collect())
+        .unwrap_or_default();
+    table(&["NAME", "OWNER", "URL"], rows);
+    Ok(())
+}
+
+pub(crate) async fn apps_create(api: &Api, name: &str) -> Result<()> {
+    let app = api.post("/v1/apps", json!({ "name": name })).await?;
+    println!("created {} at {}", s(&app["name"]), s(&app["url"]));
+    println!("push with: git push ssh://git@HOST:2222/{}.git main", s(&app["name"]));
+    Ok(())
+}
+
+pub(crate) async fn apps_info(api: &Api, app: &str) -> Result<()> {
+    let info = api.get(&format!("/v1/apps/{app}")).await?;
+    println!("name     {}", s(&info["name"]));
+    println!("owner    {}", s(&info["owner"]));
+    println!("url      {}", s(&info["url"]));
+    let r = &info["release"];
+    if r.is_object() {
+        println!("release  v{} ({}, {})", s(&r["version"]), s(&r["status"]), s(&r["description"]));
+        println!("image    {}", s(&r["image"]));
+    } else {
+        println!("release  none yet: git push to deploy");
+    }
+    Ok(())
+}
+
+pub(crate) async fn apps_destroy(api: &Api, app: &str, confirm: Option<&str>) -> Result<()> {
+    if confirm != Some(app) {
+        bail!("destroying {app} deletes its releases and stops its containers; confirm with --confirm {app}");
+    }
+    api.delete(&format!("/v1/apps/{app}")).await?;
+    println!("destroyed {app}");
+    Ok(())
+}
+
+pub(crate) async fn config(api: &Api, app: &str) -> Result<()> {
+    let config: BTreeMap<String, String> =
+        serde_json::from_value(api.get(&format!("/v1/apps/{app}/config")).await?).unwrap_or_default();
+    if config.is_empty() {
+        println!("{app} has no config vars");
+    }
+    for (k, v) in config {
+        println!("{k}={v}");
+    }
+    Ok(())
+}
+
+pub(crate) async fn config_set(api: &Api, app: &str, pairs: &[String]) -> Result<()> {
+    let mut body = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{pair:?} is not KEY=VALUE"))?;
+        body.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    if body.is_empty() {
+        bail!("give at least one KEY=VALUE");
+    }
+    let release = api.patch(&format!("/v1/apps/{app}/config"), Value::Object(body)).await?;
+    println!("{} and restarting: v{}", s(&release["description"]), s(&release["version"]));
+    Ok(())
+}
+
+pub(crate) async fn config_unset(api: &Api, app: &str, keys: &[String]) -> Result<()> {
+    if keys.is_empty() {
+        bail!("give at least one KEY");
+    }
+    let body: serde_json::Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+    let release = api.patch(&format!("/v1/apps/{app}/config"), Value::Object(body)).await?;
+    println!("{} and restarting: v{}", s(&release["description"]), s(&release["version"]));
+    Ok(())
+}
+
+pub(crate) async fn releases(api: &Api, app: &str) -> Result<()> {
+    let list = api.get(&format!("/v1/apps/{app}/releases")).await?;
+    let rows = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        format!("v{}", s(&r["version"])),
+                        s(&r["status"]),
+                        s(&r["description"]),
+                        s(&r["created_by"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["VERSION", "STATUS", "DESCRIPTION", "BY"], rows);
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Every environment variable the `slipway` binary reads, in one place. Deeper code never reads
+//! the environment; it gets these values through its config structs.
+
+/// The API listen address of `slipway server` (default `127.0.0.1:7700`).
+pub(crate) const API_ADDR: &str = "SLIPWAY_API_ADDR";
+/// The SSH git server's listen address (default `0.0.0.0:2222`).
+pub(crate) const SSH_ADDR: &str = "SLIPWAY_SSH_ADDR";
+/// The registry's listen address (default `127.0.0.1:5000`).
+pub(crate) const REGISTRY_ADDR: &str = "SLIPWAY_REGISTRY_ADDR";
+/// The router's listen address (default `0.0.0.0:8080`).
+pub(crate) const HTTP_ADDR: &str = "SLIPWAY_HTTP_ADDR";
+/// The data directory (default `./slipway-data`).
+pub(crate) const DATA: &str = "SLIPWAY_DATA";
+/// The domain apps are served under (default `slipway.localhost`).
+pub(crate) const DOMAIN: &str = "SLIPWAY_DOMAIN";
+/// The database URL; SQLite under the data directory when unset.
+pub(crate) const DATABASE_URL: &str = "SLIPWAY_DATABASE_URL";
+/// The API URL the client commands talk to (default `http://127.0.0.1:7700`).
+pub(crate) const URL: &str = "SLIPWAY_URL";
+/// The API token the client commands send.
+pub(crate) const TOKEN: &str = "SLIPWAY_TOKEN";

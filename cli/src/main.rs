@@ -1,0 +1,183 @@
+//! The `slipway` binary. `slipway server` starts every part in one process; every other
+//! subcommand is a client of the HTTP API. This file only parses arguments and dispatches: the
+//! work lives in the library crates.
+
+mod client;
+mod env;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "slipway", version, about = "A git-push PaaS on your own servers")]
+struct Cli {
+    /// The API URL.
+    #[arg(long, global = true, env = env::URL, hide_env_values = true)]
+    url: Option<String>,
+    /// The API token.
+    #[arg(long, global = true, env = env::TOKEN, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every part of Slipway in this process.
+    Server {
+        /// Data directory.
+        #[arg(long, env = env::DATA, default_value = "./slipway-data")]
+        data: PathBuf,
+        /// Apps are served at <app>.<domain>.
+        #[arg(long, env = env::DOMAIN, default_value = "slipway.localhost")]
+        domain: String,
+        /// API listen address.
+        #[arg(long, env = env::API_ADDR, default_value = "127.0.0.1:7700")]
+        api_addr: SocketAddr,
+        /// SSH git server listen address.
+        #[arg(long, env = env::SSH_ADDR, default_value = "0.0.0.0:2222")]
+        ssh_addr: SocketAddr,
+        /// Registry listen address.
+        #[arg(long, env = env::REGISTRY_ADDR, default_value = "127.0.0.1:5000")]
+        registry_addr: SocketAddr,
+        /// Router (HTTP) listen address.
+        #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:8080")]
+        http_addr: SocketAddr,
+        /// Database URL (SQLite under DATA by default).
+        #[arg(long, env = env::DATABASE_URL)]
+        database_url: Option<String>,
+    },
+    /// List your SSH keys.
+    Keys,
+    /// Add an SSH public key.
+    #[command(name = "keys:add")]
+    KeysAdd { path: String },
+    /// Remove an SSH key by fingerprint.
+    #[command(name = "keys:remove")]
+    KeysRemove { fingerprint: String },
+    /// List apps.
+    Apps,
+    /// Create an app.
+    #[command(name = "apps:create")]
+    AppsCreate { name: String },
+    /// Show an app.
+    #[command(name = "apps:info")]
+    AppsInfo {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Destroy an app, its releases and its containers.
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        name: String,
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Show config vars.
+    Config {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Set config vars (a new release).
+    #[command(name = "config:set")]
+    ConfigSet {
+        #[arg(short, long)]
+        app: Option<String>,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Unset config vars (a new release).
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        #[arg(short, long)]
+        app: Option<String>,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List releases.
+    Releases {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Internal: git hooks run by the SSH git server.
+    #[command(hide = true)]
+    Hook { name: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Hook { name } = &cli.command {
+        // Runs inside git receive-pack: synchronous, no runtime, no logging setup.
+        let code = if name == "pre-receive" {
+            slipway_builder::hook::run_client()
+        } else {
+            eprintln!("slipway: unknown hook {name}");
+            1
+        };
+        std::process::exit(code);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slipway: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("slipway: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = || client::Api::from_env(cli.url.clone(), cli.token.clone());
+    match &cli.command {
+        Command::Server {
+            data,
+            domain,
+            api_addr,
+            ssh_addr,
+            registry_addr,
+            http_addr,
+            database_url,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,pingora=warn,russh=warn,sqlx=warn".into()),
+                )
+                .init();
+            server::run(server::ServerArgs {
+                data: data.clone(),
+                domain: domain.clone(),
+                api_addr: *api_addr,
+                ssh_addr: *ssh_addr,
+                registry_addr: *registry_addr,
+                http_addr: *http_addr,
+                database_url: database_url.clone(),
+            })
+            .await
+        }
+        Command::Keys => client::keys(&api()?).await,
+        Command::KeysAdd { path } => client::keys_add(&api()?, path).await,
+        Command::KeysRemove { fingerprint } => client::keys_remove(&api()?, fingerprint).await,
+        Command::Apps => client::apps(&api()?).await,
+        Command::AppsCreate { name } => client::apps_create(&api()?, name).await,
+        Command::AppsInfo { app } => client::apps_info(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::AppsDestroy { name, confirm } => {
+            client::apps_destroy(&api()?, name, confirm.as_deref()).await
+        }
+        Command::Config { app } => client::config(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::ConfigSet { app, pairs } => {
+            client::config_set(&api()?, &client::resolve_app(app.clone())?, pairs).await
+        }
+        Command::ConfigUnset { app, keys } => {
+            client::config_unset(&api()?, &client::resolve_app(app.clone())?, keys).await
+        }
+        Command::Releases { app } => client::releases(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::Hook { .. } => unreachable!("handled before the runtime starts"),
+    }
+}

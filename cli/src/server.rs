@@ -1,0 +1,158 @@
+//! `slipway server`: wires every part together in one process and waits for Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use slipway_builder::BuilderConfig;
+use slipway_controller::{Controller, ControllerConfig};
+use slipway_core::routes::Routes;
+use slipway_registry::{Registry, RegistryConfig};
+use slipway_router::RouterConfig;
+use slipway_runtime::docker::Docker;
+use tokio::net::TcpListener;
+
+/// Settings of `slipway server`, from flags and environment.
+pub(crate) struct ServerArgs {
+    pub(crate) data: PathBuf,
+    pub(crate) domain: String,
+    pub(crate) api_addr: SocketAddr,
+    pub(crate) ssh_addr: SocketAddr,
+    pub(crate) registry_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) database_url: Option<String>,
+}
+
+/// The id that labels this server's containers, made on first start.
+fn instance_id(data: &Path) -> Result<String> {
+    let path = data.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_owned();
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id);
+        }
+    }
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// The address the container engine (on this machine) uses to reach a listener.
+fn local(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+pub(crate) async fn run(args: ServerArgs) -> Result<()> {
+    if let Some(url) = &args.database_url
+        && !url.starts_with("sqlite:")
+    {
+        bail!("database {url:?} is not supported yet: only SQLite (the default) works for now");
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let data = args
+        .data
+        .canonicalize()
+        .with_context(|| format!("data directory {}", args.data.display()))?;
+    let instance = instance_id(&data)?;
+    let engine = Arc::new(Docker::connect().await?);
+    let routes = Routes::default();
+
+    // Bind everything first, so a busy port fails the start before anything runs.
+    let api_listener = TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the API on {} (set {})", args.api_addr, crate::env::API_ADDR))?;
+    let registry_listener = TcpListener::bind(args.registry_addr).await.with_context(|| {
+        format!("binding the registry on {} (set {})", args.registry_addr, crate::env::REGISTRY_ADDR)
+    })?;
+    let registry_addr = local(registry_listener.local_addr()?);
+
+    let (controller, first) = Controller::start(
+        ControllerConfig {
+            data_dir: data.clone(),
+            domain: args.domain.clone(),
+            instance_id: instance.clone(),
+            registry_addr: registry_addr.clone(),
+        },
+        engine.clone(),
+        routes.clone(),
+    )
+    .await?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let registry = Registry::new(
+        RegistryConfig {
+            root: data.join("registry"),
+        },
+        controller.clone(),
+    )?;
+    let registry_task = tokio::spawn(registry.serve(registry_listener, stopped(shutdown_rx.clone())));
+
+    let api = slipway_controller::api::router(controller.clone());
+    let api_stop = stopped(shutdown_rx.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(api_stop)
+            .await
+    });
+
+    let (user, token) = controller.system_credentials();
+    let mut builder = BuilderConfig::new(data.clone(), args.ssh_addr, registry_addr.clone());
+    builder.registry_user = user;
+    builder.registry_token = token;
+    builder.instance_id = instance.clone();
+    builder.domain = args.domain.clone();
+    builder.hook_program = std::env::current_exe().context("locating the slipway binary")?;
+    let ssh_addr = slipway_builder::start(builder, controller.clone(), controller.clone(), engine)
+        .await
+        .with_context(|| format!("starting the SSH server (set {})", crate::env::SSH_ADDR))?;
+
+    let router = slipway_router::start(
+        RouterConfig {
+            listen: args.http_addr,
+            threads: 2,
+        },
+        routes,
+    )
+    .with_context(|| format!("starting the router (set {})", crate::env::HTTP_ADDR))?;
+
+    println!("slipway server {instance} is running");
+    println!("  data      {}", data.display());
+    println!("  api       http://{}", args.api_addr);
+    println!("  git       ssh://git@{}/<app>.git", local(ssh_addr));
+    println!("  registry  {registry_addr}");
+    println!("  apps      http://<app>.{}:{}", args.domain, router.local_addr().port());
+    if let Some(first) = first {
+        println!();
+        println!("First start: the admin API token is in {} (mode 0600).", first.token_path.display());
+        println!("Use it with:");
+        println!("  export SLIPWAY_URL=http://{}", args.api_addr);
+        println!("  export SLIPWAY_TOKEN=$(cat {})", first.token_path.display());
+    }
+
+    wait_for_signal().await;
+    println!("slipway server: stopping");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || router.stop()).await;
+    let _ = api_task.await;
+    let _ = registry_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

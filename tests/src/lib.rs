@@ -1,0 +1,294 @@
+//! Shared fixtures for Slipway's end-to-end tests: a `slipway server` on free ports with its own
+//! data directory, the `slipway` client against it, SSH keys, git repositories and HTTP through
+//! the router — all driven through the real binaries, as a user would.
+//!
+//! Every server gets its own instance id; on drop, the fixture stops the server and removes the
+//! containers labelled with that id, and no others.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The `slipway` binary: `SLIPWAY_BIN`, else beside the test binary's `deps/` directory.
+pub fn slipway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLIPWAY_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("slipway");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p slipway-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Output as text, stdout then stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running `slipway server`.
+pub struct Server {
+    /// Scratch directory holding the data dir, keys and repositories.
+    pub dir: tempfile::TempDir,
+    /// API port.
+    pub api: u16,
+    /// SSH port.
+    pub ssh: u16,
+    /// Registry port.
+    pub registry: u16,
+    /// Router port.
+    pub http: u16,
+    /// The admin token.
+    pub token: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a server on free ports and waits until its API answers.
+    pub fn start() -> Server {
+        let dir = tempfile::Builder::new().prefix("slipway-e2e-").tempdir().unwrap();
+        let (api, ssh, registry, http) = (free_port(), free_port(), free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(slipway_bin())
+            .arg("server")
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("SLIPWAY_API_ADDR", format!("127.0.0.1:{api}"))
+            .env("SLIPWAY_SSH_ADDR", format!("127.0.0.1:{ssh}"))
+            .env("SLIPWAY_REGISTRY_ADDR", format!("127.0.0.1:{registry}"))
+            .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting slipway server");
+        let mut server = Server {
+            dir,
+            api,
+            ssh,
+            registry,
+            http,
+            token: String::new(),
+            child: Some(child),
+        };
+        let token_path = server.data().join("admin-token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&token_path)
+                && !t.trim().is_empty()
+                && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+            {
+                server.token = t.trim().to_owned();
+                break;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("slipway server exited with {status}:\n{}", server.log());
+            }
+            assert!(Instant::now() < deadline, "server did not start:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// This server's instance id.
+    pub fn instance_id(&self) -> String {
+        std::fs::read_to_string(self.data().join("instance-id"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A `slipway` client command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(slipway_bin())
+            .args(args)
+            .env("SLIPWAY_URL", format!("http://127.0.0.1:{}", self.api))
+            .env("SLIPWAY_TOKEN", &self.token)
+            .current_dir(self.dir.path()))
+    }
+
+    /// Like [`cli`](Server::cli), but asserts success and returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "slipway {args:?} failed:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Pushes the default stack images into this server's registry.
+    pub fn push_stacks(&self) {
+        let out = run(Command::new("bash")
+            .arg(repo_root().join("stacks/push.sh"))
+            .arg(format!("127.0.0.1:{}", self.registry))
+            .arg(format!("admin:{}", self.token)));
+        assert!(out.status.success(), "stacks/push.sh failed:\n{}", text(&out));
+    }
+
+    /// A new ed25519 key pair under the scratch dir; returns the private key's path.
+    pub fn keygen(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path));
+        assert!(out.status.success(), "ssh-keygen: {}", text(&out));
+        path
+    }
+
+    /// `git push` of `repo`'s main to `app` with the OpenSSH client and `key`.
+    pub fn git_push(&self, repo: &Path, key: &Path, app: &str) -> Output {
+        let ssh = format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            key.display()
+        );
+        run(Command::new("git")
+            .current_dir(repo)
+            .env("GIT_SSH_COMMAND", ssh)
+            .args(["push", &format!("ssh://git@127.0.0.1:{}/{app}.git", self.ssh), "main"]))
+    }
+
+    /// GET `/` on the router with `Host: <app>.slipway.localhost`; returns (status, body).
+    pub fn http_get(&self, app: &str) -> (u16, String) {
+        let out = run(Command::new("curl")
+            .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Host: {app}.slipway.localhost"))
+            .arg(format!("http://127.0.0.1:{}/", self.http)));
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Polls the router until the app's body contains `needle`, or panics after `timeout`.
+    pub fn wait_for_body(&self, app: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (code, body) = self.http_get(app);
+            if code == 200 && body.contains(needle) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{app} never answered with {needle:?}; last: {code} {body:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops the server with SIGINT (Ctrl-C) and returns whether it exited cleanly in time.
+    pub fn interrupt(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Remove this server's containers, and only this server's.
+        let id = std::fs::read_to_string(self.data().join("instance-id")).unwrap_or_default();
+        let id = id.trim();
+        if !id.is_empty() {
+            let out = run(Command::new("docker").args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=slipway.instance={id}"),
+            ]));
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// A git repository with `files` committed on main, under `dir/name`.
+pub fn git_repo(dir: &Path, name: &str, from: &Path) -> PathBuf {
+    let repo = dir.join(name);
+    copy_dir(from, &repo);
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit_all(&repo, "initial");
+    repo
+}
+
+/// Commits every change in `repo`.
+pub fn commit_all(repo: &Path, message: &str) {
+    git(repo, &["add", "-A"]);
+    git(
+        repo,
+        &["-c", "user.email=e2e@slipway.test", "-c", "user.name=e2e", "commit", "-q", "-m", message],
+    );
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let out = run(Command::new("git").current_dir(repo).args(args));
+    assert!(out.status.success(), "git {args:?}: {}", text(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
