@@ -29,7 +29,8 @@ fn main() {
             .find_map(|l| l.trim().strip_prefix("id = "))
             .map(|id| id.trim_matches('"').to_owned())
             .unwrap_or_else(|| panic!("{} has no id", dir.display()));
-        tar.append_dir_all(format!("cnb/buildpacks/{id}"), &dir).unwrap();
+        tar.append_dir_all(format!("cnb/buildpacks/{id}"), &dir)
+            .unwrap();
     }
     tar.append_dir_all("cnb/lifecycle", &lifecycle).unwrap();
     // The order: buildpack ids, one per line, from order.toml's `id = "..."` lines.
@@ -43,6 +44,7 @@ fn main() {
     header.set_size(order.len() as u64);
     header.set_mode(0o644);
     header.set_mtime(0);
-    tar.append_data(&mut header, "cnb/order", order.as_bytes()).unwrap();
+    tar.append_data(&mut header, "cnb/order", order.as_bytes())
+        .unwrap();
     tar.finish().unwrap();
 }

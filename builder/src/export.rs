@@ -91,7 +91,12 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> BuildError + '_ {
 
 /// Writes a deterministic gzip layer holding `root/rel` for each of `dirs`, under the same
 /// relative paths (each dir's parents included as directory entries).
-fn write_layer(root: &Path, dirs: &[&str], scratch: &Path, what: &str) -> Result<Layer, BuildError> {
+fn write_layer(
+    root: &Path,
+    dirs: &[&str],
+    scratch: &Path,
+    what: &str,
+) -> Result<Layer, BuildError> {
     let file = tempfile::NamedTempFile::new_in(scratch).map_err(io("creating a layer"))?;
     let out = HashWriter {
         inner: std::io::BufWriter::new(file.reopen().map_err(io("opening a layer"))?),
@@ -302,7 +307,11 @@ pub async fn export(
     tag: &str,
     processes: &ProcessTypes,
 ) -> Result<Exported, BuildError> {
-    let reg_err = |what: &'static str| move |e: oci_client::errors::OciDistributionError| BuildError::Export(format!("{what}: {e}"));
+    let reg_err = |what: &'static str| {
+        move |e: oci_client::errors::OciDistributionError| {
+            BuildError::Export(format!("{what}: {e}"))
+        }
+    };
     let client = Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         use_monolithic_push: true,
@@ -345,8 +354,12 @@ pub async fn export(
                 .unwrap_or_default();
             tomls.sort();
             for toml in tomls {
-                let Some(name) = toml.file_name().and_then(|n| n.to_str()) else { continue };
-                let Some(layer) = name.strip_suffix(".toml") else { continue };
+                let Some(name) = toml.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some(layer) = name.strip_suffix(".toml") else {
+                    continue;
+                };
                 if layer == "launch" || layer == "build" || !bp.join(layer).is_dir() {
                     continue;
                 }
@@ -362,7 +375,12 @@ pub async fn export(
         for rel in &rels {
             built.push(write_layer(&root_owned, &[rel], &scratch_owned, rel)?);
         }
-        built.push(write_layer(&root_owned, &["workspace"], &scratch_owned, "app")?);
+        built.push(write_layer(
+            &root_owned,
+            &["workspace"],
+            &scratch_owned,
+            "app",
+        )?);
         Ok::<_, BuildError>((built, env, launch))
     })
     .await
@@ -370,7 +388,11 @@ pub async fn export(
 
     // Run image layers: mount them into the app's repository (free when the registry has them).
     for layer in &run_manifest.layers {
-        if !client.blob_exists(&app_ref, &layer.digest).await.unwrap_or(false) {
+        if !client
+            .blob_exists(&app_ref, &layer.digest)
+            .await
+            .unwrap_or(false)
+        {
             client
                 .mount_blob(&app_ref, &run_ref, &layer.digest)
                 .await
@@ -379,14 +401,21 @@ pub async fn export(
     }
     let mut uploaded = 0;
     for layer in &built {
-        if client.blob_exists(&app_ref, &layer.digest).await.unwrap_or(false) {
+        if client
+            .blob_exists(&app_ref, &layer.digest)
+            .await
+            .unwrap_or(false)
+        {
             continue;
         }
         let file = tokio::fs::File::open(layer.file.path())
             .await
             .map_err(io("reading a layer"))?;
-        let stream = tokio_util::io::ReaderStream::new(file)
-            .map(|r| r.map_err(|e| oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))));
+        let stream = tokio_util::io::ReaderStream::new(file).map(|r| {
+            r.map_err(|e| {
+                oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
+            })
+        });
         client
             .push_blob_stream(&app_ref, stream, &layer.digest, Some(layer.size))
             .await
@@ -398,13 +427,19 @@ pub async fn export(
         .map_err(|e| BuildError::Export(format!("run image config: {e}")))?;
     let base_env: Vec<String> = config["config"]["Env"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     for entry in base_env {
         if let Some((k, v)) = entry.split_once('=') {
             match env.get_mut(k) {
                 // Layer paths go before the run image's own.
-                Some(ours) if k == "PATH" || k == "LD_LIBRARY_PATH" => *ours = format!("{ours}:{v}"),
+                Some(ours) if k == "PATH" || k == "LD_LIBRARY_PATH" => {
+                    *ours = format!("{ours}:{v}")
+                }
                 Some(_) => {}
                 None => {
                     env.insert(k.to_owned(), v.to_owned());
@@ -418,7 +453,11 @@ pub async fn export(
         .get("web")
         .map(|c| json!(["/bin/sh", "-c", c]))
         .unwrap_or(Value::Null);
-    config["config"]["Env"] = json!(env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>());
+    config["config"]["Env"] = json!(
+        env.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+    );
     config["config"]["WorkingDir"] = json!("/workspace");
     config["config"]["User"] = json!("1000:1000");
     config["config"]["Cmd"] = cmd;

@@ -41,8 +41,8 @@ pub fn run_client() -> i32 {
 }
 
 fn client() -> Result<i32, String> {
-    let socket = std::env::var_os(SOCKET_ENV)
-        .ok_or("this hook runs only under slipway's git server")?;
+    let socket =
+        std::env::var_os(SOCKET_ENV).ok_or("this hook runs only under slipway's git server")?;
     let mut refs = String::new();
     std::io::stdin()
         .read_to_string(&mut refs)
@@ -59,7 +59,9 @@ fn client() -> Result<i32, String> {
             ));
         }
         if new == ZERO {
-            return Err(format!("refusing to delete {name}: it is the deploy branch"));
+            return Err(format!(
+                "refusing to delete {name}: it is the deploy branch"
+            ));
         }
         if deploy.is_some() {
             return Err("push main or master, not both".into());
@@ -194,4 +196,3 @@ pub fn listen(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
 }
-

@@ -128,7 +128,10 @@ impl Shared {
     }
 
     pub(crate) fn repo_path(&self, app: &AppName) -> PathBuf {
-        self.config.data_dir.join("repos").join(format!("{app}.git"))
+        self.config
+            .data_dir
+            .join("repos")
+            .join(format!("{app}.git"))
     }
 }
 

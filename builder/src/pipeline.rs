@@ -28,7 +28,9 @@ pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut p
         Ok(g) => g,
         Err(_) => {
             push.reporter
-                .line(&format!("-----> Another build of {app} is running; waiting for it to finish"))
+                .line(&format!(
+                    "-----> Another build of {app} is running; waiting for it to finish"
+                ))
                 .await;
             lock.lock().await
         }
@@ -83,7 +85,10 @@ async fn build(
         username: shared.config.registry_user.clone(),
         password: shared.config.registry_token.clone(),
     };
-    let build_image = format!("{}/{}", shared.config.registry_addr, shared.config.build_image);
+    let build_image = format!(
+        "{}/{}",
+        shared.config.registry_addr, shared.config.build_image
+    );
     shared
         .engine
         .pull(&build_image, &registry)
@@ -124,8 +129,8 @@ async fn build(
         }
         // export: copy the result out and push it.
         push.reporter.line("-----> Exporting image").await;
-        let scratch = tempfile::tempdir_in(&shared.scratch)
-            .map_err(|e| BuildError::Export(e.to_string()))?;
+        let scratch =
+            tempfile::tempdir_in(&shared.scratch).map_err(|e| BuildError::Export(e.to_string()))?;
         for (path, name) in [("/workspace", "workspace.tar"), ("/layers", "layers.tar")] {
             let dest = scratch.path().join(name);
             shared
@@ -232,7 +237,11 @@ fn own_source(source: &Path) -> Result<(Vec<u8>, Option<String>), BuildError> {
             procfile = Some(String::from_utf8_lossy(&data).into_owned());
         }
         if header.entry_type() == tar::EntryType::Symlink {
-            let target = entry.link_name().map_err(err)?.unwrap_or_default().into_owned();
+            let target = entry
+                .link_name()
+                .map_err(err)?
+                .unwrap_or_default()
+                .into_owned();
             out.append_link(&mut header, &path, target).map_err(err)?;
         } else {
             out.append_data(&mut header, &path, data.as_slice())

@@ -208,7 +208,8 @@ impl russh::server::Handler for Connection {
         value: &str,
         session: &mut Session,
     ) -> Result<(), ConnError> {
-        if name == "GIT_PROTOCOL" && value.len() < 64 && value.bytes().all(|b| b.is_ascii_graphic()) {
+        if name == "GIT_PROTOCOL" && value.len() < 64 && value.bytes().all(|b| b.is_ascii_graphic())
+        {
             self.git_protocol.insert(channel, value.to_owned());
             session.channel_success(channel)?;
         } else {
@@ -217,8 +218,17 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), ConnError> {
-        refuse(channel, session, "this server runs no shell; push with `git push`").await
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        refuse(
+            channel,
+            session,
+            "this server runs no shell; push with `git push`",
+        )
+        .await
     }
 
     async fn subsystem_request(
@@ -247,11 +257,17 @@ impl russh::server::Handler for Connection {
         match self.shared.identity.app_access(&user, &app).await {
             Ok(AppAccess::Allowed) => {}
             Ok(AppAccess::NoSuchApp) => {
-                let msg = format!("app {app} does not exist; create it with `slipway apps:create {app}`");
+                let msg =
+                    format!("app {app} does not exist; create it with `slipway apps:create {app}`");
                 return refuse(channel, session, &msg).await;
             }
             Ok(AppAccess::Forbidden) => {
-                return refuse(channel, session, &format!("you have no access to app {app}")).await;
+                return refuse(
+                    channel,
+                    session,
+                    &format!("you have no access to app {app}"),
+                )
+                .await;
             }
             Err(e) => {
                 warn!("ssh: access check for {app}: {e}");
@@ -266,11 +282,17 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         info!(peer = ?self.peer, %user, %app, "receive: git {}", service.program());
         tokio::spawn(async move {
-            let code = match run_git(&shared, service, &app, &user, protocol, rx, &handle, channel).await {
+            let code = match run_git(
+                &shared, service, &app, &user, protocol, rx, &handle, channel,
+            )
+            .await
+            {
                 Ok(code) => code,
                 Err(e) => {
                     warn!(%app, "receive: {e}");
-                    let _ = handle.extended_data(channel, 1, Bytes::from(format!("error: {e}\n"))).await;
+                    let _ = handle
+                        .extended_data(channel, 1, Bytes::from(format!("error: {e}\n")))
+                        .await;
                     1
                 }
             };
@@ -279,7 +301,12 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), ConnError> {
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
         if let Some(tx) = self.stdin.get(&channel) {
             // Waiting here pushes back on the client through the SSH window.
             if tx.send(Bytes::copy_from_slice(data)).await.is_err() {
@@ -289,12 +316,20 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), ConnError> {
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
         self.stdin.remove(&channel);
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), ConnError> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
         self.stdin.remove(&channel);
         self.git_protocol.remove(&channel);
         Ok(())
@@ -370,7 +405,8 @@ async fn run_git(
     if service == GitService::ReceivePack {
         listener = Some(hook::listen(&socket_path).map_err(|e| format!("hook socket: {e}"))?);
         cmd.env(hook::SOCKET_ENV, &socket_path);
-        cmd.arg("-c").arg(format!("core.hooksPath={}", hooks.display()));
+        cmd.arg("-c")
+            .arg(format!("core.hooksPath={}", hooks.display()));
     }
     cmd.arg(service.program())
         .arg(&repo)
@@ -397,7 +433,11 @@ async fn run_git(
             match stdout.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if handle.data(channel, Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    if handle
+                        .data(channel, Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -449,14 +489,22 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expected: Result<(GitService, &str), ()>) {
-        let got = parse_command(input).map(|(s, a)| (s, a.to_string())).map_err(|_| ());
+        let got = parse_command(input)
+            .map(|(s, a)| (s, a.to_string()))
+            .map_err(|_| ());
         assert_eq!(got, expected.map(|(s, a)| (s, a.to_owned())), "{input:?}");
     }
 
     #[test]
     fn commands() {
-        check("git-receive-pack 'web.git'", Ok((GitService::ReceivePack, "web")));
-        check("git-receive-pack '/web.git'", Ok((GitService::ReceivePack, "web")));
+        check(
+            "git-receive-pack 'web.git'",
+            Ok((GitService::ReceivePack, "web")),
+        );
+        check(
+            "git-receive-pack '/web.git'",
+            Ok((GitService::ReceivePack, "web")),
+        );
         check("git-upload-pack 'web'", Ok((GitService::UploadPack, "web")));
         for bad in [
             "git-receive-pack web.git",

@@ -31,9 +31,9 @@ impl Api {
             .unwrap_or_else(|| "http://127.0.0.1:7700".to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let token = token
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| anyhow!("no API token: set SLIPWAY_TOKEN (the admin's is in DATA/admin-token)"))?;
+        let token = token.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            anyhow!("no API token: set SLIPWAY_TOKEN (the admin's is in DATA/admin-token)")
+        })?;
         Ok(Api {
             base,
             token: token.trim().to_owned(),
@@ -49,10 +49,13 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the Slipway API at {}: {}", self.base, root_cause(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the Slipway API at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
         let status = resp.status();
         let text = resp.text().await.context("reading the API's answer")?;
         if !status.is_success() {
@@ -64,19 +67,30 @@ impl Api {
         if status == StatusCode::NO_CONTENT || text.is_empty() {
             return Ok(None);
         }
-        Ok(Some(serde_json::from_str(&text).context("the API answered with invalid JSON")?))
+        Ok(Some(
+            serde_json::from_str(&text).context("the API answered with invalid JSON")?,
+        ))
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.call(Method::GET, path, None).await?.unwrap_or(Value::Null))
+        Ok(self
+            .call(Method::GET, path, None)
+            .await?
+            .unwrap_or(Value::Null))
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        Ok(self.call(Method::POST, path, Some(body)).await?.unwrap_or(Value::Null))
+        Ok(self
+            .call(Method::POST, path, Some(body))
+            .await?
+            .unwrap_or(Value::Null))
     }
 
     pub(crate) async fn patch(&self, path: &str, body: Value) -> Result<Value> {
-        Ok(self.call(Method::PATCH, path, Some(body)).await?.unwrap_or(Value::Null))
+        Ok(self
+            .call(Method::PATCH, path, Some(body))
+            .await?
+            .unwrap_or(Value::Null))
     }
 
     pub(crate) async fn delete(&self, path: &str) -> Result<()> {
@@ -148,7 +162,11 @@ pub(crate) async fn keys(api: &Api) -> Result<()> {
     let keys = api.get("/v1/keys").await?;
     let rows = keys
         .as_array()
-        .map(|a| a.iter().map(|k| vec![s(&k["fingerprint"]), s(&k["comment"])]).collect())
+        .map(|a| {
+            a.iter()
+                .map(|k| vec![s(&k["fingerprint"]), s(&k["comment"])])
+                .collect()
+        })
         .unwrap_or_default();
     table(&["FINGERPRINT", "COMMENT"], rows);
     Ok(())
@@ -156,7 +174,9 @@ pub(crate) async fn keys(api: &Api) -> Result<()> {
 
 pub(crate) async fn keys_add(api: &Api, path: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    let added = api.post("/v1/keys", json!({ "public_key": text.trim() })).await?;
+    let added = api
+        .post("/v1/keys", json!({ "public_key": text.trim() }))
+        .await?;
     println!("added key {}", s(&added["fingerprint"]));
     Ok(())
 }
@@ -165,7 +185,9 @@ pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
     let encoded: String = fingerprint
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => {
+                (b as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect();
@@ -178,7 +200,11 @@ pub(crate) async fn apps(api: &Api) -> Result<()> {
     let apps = api.get("/v1/apps").await?;
     let rows = apps
         .as_array()
-        .map(|a| a.iter().map(|x| vec![s(&x["name"]), s(&x["owner"]), s(&x["url"])]).collect())
+        .map(|a| {
+            a.iter()
+                .map(|x| vec![s(&x["name"]), s(&x["owner"]), s(&x["url"])])
+                .collect()
+        })
         .unwrap_or_default();
     table(&["NAME", "OWNER", "URL"], rows);
     Ok(())
@@ -187,7 +213,10 @@ pub(crate) async fn apps(api: &Api) -> Result<()> {
 pub(crate) async fn apps_create(api: &Api, name: &str) -> Result<()> {
     let app = api.post("/v1/apps", json!({ "name": name })).await?;
     println!("created {} at {}", s(&app["name"]), s(&app["url"]));
-    println!("push with: git push ssh://git@HOST:2222/{}.git main", s(&app["name"]));
+    println!(
+        "push with: git push ssh://git@HOST:2222/{}.git main",
+        s(&app["name"])
+    );
     Ok(())
 }
 
@@ -198,7 +227,12 @@ pub(crate) async fn apps_info(api: &Api, app: &str) -> Result<()> {
     println!("url      {}", s(&info["url"]));
     let r = &info["release"];
     if r.is_object() {
-        println!("release  v{} ({}, {})", s(&r["version"]), s(&r["status"]), s(&r["description"]));
+        println!(
+            "release  v{} ({}, {})",
+            s(&r["version"]),
+            s(&r["status"]),
+            s(&r["description"])
+        );
         println!("image    {}", s(&r["image"]));
     } else {
         println!("release  none yet: git push to deploy");
@@ -208,7 +242,9 @@ pub(crate) async fn apps_info(api: &Api, app: &str) -> Result<()> {
 
 pub(crate) async fn apps_destroy(api: &Api, app: &str, confirm: Option<&str>) -> Result<()> {
     if confirm != Some(app) {
-        bail!("destroying {app} deletes its releases and stops its containers; confirm with --confirm {app}");
+        bail!(
+            "destroying {app} deletes its releases and stops its containers; confirm with --confirm {app}"
+        );
     }
     api.delete(&format!("/v1/apps/{app}")).await?;
     println!("destroyed {app}");
@@ -217,7 +253,8 @@ pub(crate) async fn apps_destroy(api: &Api, app: &str, confirm: Option<&str>) ->
 
 pub(crate) async fn config(api: &Api, app: &str) -> Result<()> {
     let config: BTreeMap<String, String> =
-        serde_json::from_value(api.get(&format!("/v1/apps/{app}/config")).await?).unwrap_or_default();
+        serde_json::from_value(api.get(&format!("/v1/apps/{app}/config")).await?)
+            .unwrap_or_default();
     if config.is_empty() {
         println!("{app} has no config vars");
     }
@@ -238,8 +275,14 @@ pub(crate) async fn config_set(api: &Api, app: &str, pairs: &[String]) -> Result
     if body.is_empty() {
         bail!("give at least one KEY=VALUE");
     }
-    let release = api.patch(&format!("/v1/apps/{app}/config"), Value::Object(body)).await?;
-    println!("{} and restarting: v{}", s(&release["description"]), s(&release["version"]));
+    let release = api
+        .patch(&format!("/v1/apps/{app}/config"), Value::Object(body))
+        .await?;
+    println!(
+        "{} and restarting: v{}",
+        s(&release["description"]),
+        s(&release["version"])
+    );
     Ok(())
 }
 
@@ -247,9 +290,16 @@ pub(crate) async fn config_unset(api: &Api, app: &str, keys: &[String]) -> Resul
     if keys.is_empty() {
         bail!("give at least one KEY");
     }
-    let body: serde_json::Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
-    let release = api.patch(&format!("/v1/apps/{app}/config"), Value::Object(body)).await?;
-    println!("{} and restarting: v{}", s(&release["description"]), s(&release["version"]));
+    let body: serde_json::Map<String, Value> =
+        keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+    let release = api
+        .patch(&format!("/v1/apps/{app}/config"), Value::Object(body))
+        .await?;
+    println!(
+        "{} and restarting: v{}",
+        s(&release["description"]),
+        s(&release["version"])
+    );
     Ok(())
 }
 

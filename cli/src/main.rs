@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "slipway", version, about = "A git-push PaaS on your own servers")]
+#[command(
+    name = "slipway",
+    version,
+    about = "A git-push PaaS on your own servers"
+)]
 struct Cli {
     /// The API URL.
     #[arg(long, global = true, env = env::URL, hide_env_values = true)]
@@ -166,18 +170,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::KeysRemove { fingerprint } => client::keys_remove(&api()?, fingerprint).await,
         Command::Apps => client::apps(&api()?).await,
         Command::AppsCreate { name } => client::apps_create(&api()?, name).await,
-        Command::AppsInfo { app } => client::apps_info(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::AppsInfo { app } => {
+            client::apps_info(&api()?, &client::resolve_app(app.clone())?).await
+        }
         Command::AppsDestroy { name, confirm } => {
             client::apps_destroy(&api()?, name, confirm.as_deref()).await
         }
-        Command::Config { app } => client::config(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::Config { app } => {
+            client::config(&api()?, &client::resolve_app(app.clone())?).await
+        }
         Command::ConfigSet { app, pairs } => {
             client::config_set(&api()?, &client::resolve_app(app.clone())?, pairs).await
         }
         Command::ConfigUnset { app, keys } => {
             client::config_unset(&api()?, &client::resolve_app(app.clone())?, keys).await
         }
-        Command::Releases { app } => client::releases(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::Releases { app } => {
+            client::releases(&api()?, &client::resolve_app(app.clone())?).await
+        }
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -34,7 +34,8 @@ fn instance_id(data: &Path) -> Result<String> {
         }
     }
     let id = hex::encode(rand::random::<[u8; 8]>());
-    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
 
@@ -64,12 +65,22 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let routes = Routes::default();
 
     // Bind everything first, so a busy port fails the start before anything runs.
-    let api_listener = TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("binding the API on {} (set {})", args.api_addr, crate::env::API_ADDR))?;
-    let registry_listener = TcpListener::bind(args.registry_addr).await.with_context(|| {
-        format!("binding the registry on {} (set {})", args.registry_addr, crate::env::REGISTRY_ADDR)
+    let api_listener = TcpListener::bind(args.api_addr).await.with_context(|| {
+        format!(
+            "binding the API on {} (set {})",
+            args.api_addr,
+            crate::env::API_ADDR
+        )
     })?;
+    let registry_listener = TcpListener::bind(args.registry_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the registry on {} (set {})",
+                args.registry_addr,
+                crate::env::REGISTRY_ADDR
+            )
+        })?;
     let registry_addr = local(registry_listener.local_addr()?);
 
     let (controller, first) = Controller::start(
@@ -95,7 +106,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         },
         controller.clone(),
     )?;
-    let registry_task = tokio::spawn(registry.serve(registry_listener, stopped(shutdown_rx.clone())));
+    let registry_task =
+        tokio::spawn(registry.serve(registry_listener, stopped(shutdown_rx.clone())));
 
     let api = slipway_controller::api::router(controller.clone());
     let api_stop = stopped(shutdown_rx.clone());
@@ -130,13 +142,23 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     println!("  api       http://{}", args.api_addr);
     println!("  git       ssh://git@{}/<app>.git", local(ssh_addr));
     println!("  registry  {registry_addr}");
-    println!("  apps      http://<app>.{}:{}", args.domain, router.local_addr().port());
+    println!(
+        "  apps      http://<app>.{}:{}",
+        args.domain,
+        router.local_addr().port()
+    );
     if let Some(first) = first {
         println!();
-        println!("First start: the admin API token is in {} (mode 0600).", first.token_path.display());
+        println!(
+            "First start: the admin API token is in {} (mode 0600).",
+            first.token_path.display()
+        );
         println!("Use it with:");
         println!("  export SLIPWAY_URL=http://{}", args.api_addr);
-        println!("  export SLIPWAY_TOKEN=$(cat {})", first.token_path.display());
+        println!(
+            "  export SLIPWAY_TOKEN=$(cat {})",
+            first.token_path.display()
+        );
     }
 
     wait_for_signal().await;

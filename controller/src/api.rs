@@ -122,8 +122,8 @@ async fn add_key(
     caller: Caller,
     Json(body): Json<AddKey>,
 ) -> Result<(StatusCode, Json<AddedKey>)> {
-    let key = keys::parse(&body.public_key)
-        .map_err(|e| ControllerError::BadRequest(e.to_string()))?;
+    let key =
+        keys::parse(&body.public_key).map_err(|e| ControllerError::BadRequest(e.to_string()))?;
     ctl.db()
         .add_key(&caller.0, &key.fingerprint, &key.canonical, &key.comment)
         .await?;
@@ -200,7 +200,11 @@ async fn create_app(
     Ok((StatusCode::CREATED, Json(app_out(&ctl, row, None))))
 }
 
-async fn app_info(State(ctl): Ctl, caller: Caller, Path(raw): Path<String>) -> Result<Json<AppOut>> {
+async fn app_info(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<AppOut>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let row = ctl
         .db()
@@ -217,7 +221,11 @@ async fn app_info(State(ctl): Ctl, caller: Caller, Path(raw): Path<String>) -> R
     Ok(Json(app_out(&ctl, row, release)))
 }
 
-async fn destroy_app(State(ctl): Ctl, caller: Caller, Path(raw): Path<String>) -> Result<StatusCode> {
+async fn destroy_app(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<StatusCode> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     ctl.db().delete_app(&app).await?;
     ctl.forget(&app);
@@ -254,10 +262,23 @@ async fn patch_config(
     let (set, unset): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, v)| v.is_some());
     let mut description = Vec::new();
     if !set.is_empty() {
-        description.push(format!("set {}", set.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")));
+        description.push(format!(
+            "set {}",
+            set.iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if !unset.is_empty() {
-        description.push(format!("unset {}", unset.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")));
+        description.push(format!(
+            "unset {}",
+            unset
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let release = ctl
         .release(&app, |prev| {

@@ -101,7 +101,8 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 }
 
 fn parse_name<T: FromStr>(s: String) -> Result<T> {
-    s.parse().map_err(|_| DbError::Corrupt(format!("name {s:?}")))
+    s.parse()
+        .map_err(|_| DbError::Corrupt(format!("name {s:?}")))
 }
 
 impl Db {
@@ -149,19 +150,20 @@ impl Db {
     /// Creates a user with one API token (given as its hash).
     pub async fn create_user(&self, name: &UserName, token_hash: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING id")
-            .bind(name.as_str())
-            .bind(now())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    DbError::Exists(format!("user {name}"))
-                } else {
-                    e.into()
-                }
-            })?
-            .try_get(0)?;
+        let id: i64 =
+            sqlx::query("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING id")
+                .bind(name.as_str())
+                .bind(now())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if unique_violation(&e) {
+                        DbError::Exists(format!("user {name}"))
+                    } else {
+                        e.into()
+                    }
+                })?
+                .try_get(0)?;
         sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?, ?, ?)")
             .bind(token_hash)
             .bind(id)
@@ -392,8 +394,10 @@ impl Db {
 
     /// The release the reconciler should run: the newest one with an image that has not failed.
     pub async fn target_release(&self, app: &AppName) -> Result<Option<(Release, ReleaseStatus)>> {
-        let row = sqlx::query(release_query("AND r.image IS NOT NULL AND r.status != 'failed' \
-             ORDER BY r.version DESC LIMIT 1"))
+        let row = sqlx::query(release_query(
+            "AND r.image IS NOT NULL AND r.status != 'failed' \
+             ORDER BY r.version DESC LIMIT 1",
+        ))
         .bind(app.as_str())
         .fetch_optional(&self.pool)
         .await?;
@@ -494,7 +498,9 @@ mod tests {
 
     async fn fresh() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+        let db = Db::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
         (dir, db)
     }
 
@@ -502,7 +508,9 @@ mod tests {
     async fn migrations_are_idempotent() {
         let (dir, db) = fresh().await;
         drop(db);
-        Db::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+        Db::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -510,14 +518,30 @@ mod tests {
         let (_dir, db) = fresh().await;
         let admin: UserName = "admin".parse().unwrap();
         db.create_user(&admin, "h1").await.unwrap();
-        assert!(matches!(db.create_user(&admin, "h2").await, Err(DbError::Exists(_))));
-        assert_eq!(db.user_by_token_hash("h1").await.unwrap(), Some(admin.clone()));
+        assert!(matches!(
+            db.create_user(&admin, "h2").await,
+            Err(DbError::Exists(_))
+        ));
+        assert_eq!(
+            db.user_by_token_hash("h1").await.unwrap(),
+            Some(admin.clone())
+        );
         assert_eq!(db.user_by_token_hash("nope").await.unwrap(), None);
 
-        let fp: Fingerprint = "SHA256:eYDXum8idINQ8AP/VNoA/k7PGqZTO212zbq3BDQbDHc".parse().unwrap();
-        db.add_key(&admin, &fp, "ssh-ed25519 AAAA", "c").await.unwrap();
-        assert!(matches!(db.add_key(&admin, &fp, "x", "c").await, Err(DbError::Exists(_))));
-        assert_eq!(db.user_by_fingerprint(&fp).await.unwrap(), Some(admin.clone()));
+        let fp: Fingerprint = "SHA256:eYDXum8idINQ8AP/VNoA/k7PGqZTO212zbq3BDQbDHc"
+            .parse()
+            .unwrap();
+        db.add_key(&admin, &fp, "ssh-ed25519 AAAA", "c")
+            .await
+            .unwrap();
+        assert!(matches!(
+            db.add_key(&admin, &fp, "x", "c").await,
+            Err(DbError::Exists(_))
+        ));
+        assert_eq!(
+            db.user_by_fingerprint(&fp).await.unwrap(),
+            Some(admin.clone())
+        );
 
         let app: AppName = "web".parse().unwrap();
         db.create_app(&app, &admin).await.unwrap();
@@ -536,9 +560,14 @@ mod tests {
         let v1 = db.add_release(&app, make("set A", None)).await.unwrap();
         assert_eq!(v1.version, 1);
         assert!(db.target_release(&app).await.unwrap().is_none());
-        let v2 = db.add_release(&app, make("deploy", Some("img@sha256:1"))).await.unwrap();
+        let v2 = db
+            .add_release(&app, make("deploy", Some("img@sha256:1")))
+            .await
+            .unwrap();
         assert_eq!(v2.version, 2);
-        db.set_release_status(&app, 2, ReleaseStatus::Failed).await.unwrap();
+        db.set_release_status(&app, 2, ReleaseStatus::Failed)
+            .await
+            .unwrap();
         assert!(db.target_release(&app).await.unwrap().is_none());
         let v3 = db.add_release(&app, make("set B", None)).await.unwrap();
         assert_eq!(v3.image.as_deref(), Some("img@sha256:1"));

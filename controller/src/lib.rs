@@ -234,7 +234,9 @@ impl Releases for Controller {
                 Some(ReleaseStatus::Pending) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(PortError(format!("v{version} is still starting after 5 minutes")));
+                return Err(PortError(format!(
+                    "v{version} is still starting after 5 minutes"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -183,7 +183,10 @@ impl Reconciler {
     async fn try_reconcile(&self, app: &AppName) -> Result<(), String> {
         let exists = self.db.app(app).await.map_err(|e| e.to_string())?.is_some();
         let target = if exists {
-            self.db.target_release(app).await.map_err(|e| e.to_string())?
+            self.db
+                .target_release(app)
+                .await
+                .map_err(|e| e.to_string())?
         } else {
             None
         };
@@ -245,9 +248,11 @@ impl Reconciler {
         // Old instances leave the routes first, finish what they were doing, then stop.
         let stale: Vec<Container> = stale
             .into_iter()
-            .chain(current.into_iter().filter(|c| {
-                backend_addr(c).is_none_or(|a| !self.is_ready(app, a))
-            }))
+            .chain(
+                current
+                    .into_iter()
+                    .filter(|c| backend_addr(c).is_none_or(|a| !self.is_ready(app, a))),
+            )
             .collect();
         if !stale.is_empty() {
             tokio::time::sleep(self.config.drain).await;
@@ -367,11 +372,7 @@ fn backend_addr(c: &Container) -> Option<SocketAddr> {
 
 async fn accepts(addr: SocketAddr) -> bool {
     matches!(
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
 }

@@ -44,15 +44,17 @@ impl Docker {
 
     async fn inspect(&self, id: &str) -> Result<Container, RuntimeError> {
         let info = self.api.inspect_container(id, None).await.map_err(engine)?;
-        let published = info
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|ports| {
-                ports.into_values().flatten().flatten().find_map(|b| {
-                    let port: u16 = b.host_port?.parse().ok()?;
-                    Some(SocketAddr::from(([127, 0, 0, 1], port)))
-                })
-            });
+        let network = info.network_settings.unwrap_or_default();
+        let ip = network.networks.and_then(|nets| {
+            nets.into_values()
+                .find_map(|n| n.ip_address.filter(|a| !a.is_empty())?.parse().ok())
+        });
+        let published = network.ports.and_then(|ports| {
+            ports.into_values().flatten().flatten().find_map(|b| {
+                let port: u16 = b.host_port?.parse().ok()?;
+                Some(SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+        });
         let config = info.config.unwrap_or_default();
         Ok(Container {
             id: info.id.unwrap_or_default(),
@@ -64,6 +66,7 @@ impl Docker {
             labels: config.labels.unwrap_or_default(),
             running: info.state.and_then(|s| s.running).unwrap_or(false),
             published,
+            ip,
         })
     }
 }

@@ -88,8 +88,10 @@ pub struct Container {
     pub labels: HashMap<String, String>,
     /// Whether it is running.
     pub running: bool,
-    /// Where its published port is reachable from this machine.
+    /// Where its published port is reachable from this machine (through Docker's proxy).
     pub published: Option<SocketAddr>,
+    /// Its address on the engine's bridge network, reachable from this machine directly.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// A build container to run to completion.

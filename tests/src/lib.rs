@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The `slipway` binary: `SLIPWAY_BIN`, else beside the test binary's `deps/` directory.
@@ -32,7 +35,11 @@ pub fn slipway_bin() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs a command, returning its output; panics only if it cannot start.
@@ -70,7 +77,10 @@ pub struct Server {
 impl Server {
     /// Starts a server on free ports and waits until its API answers.
     pub fn start() -> Server {
-        let dir = tempfile::Builder::new().prefix("slipway-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("slipway-e2e-")
+            .tempdir()
+            .unwrap();
         let (api, ssh, registry, http) = (free_port(), free_port(), free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(slipway_bin())
@@ -108,7 +118,11 @@ impl Server {
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("slipway server exited with {status}:\n{}", server.log());
             }
-            assert!(Instant::now() < deadline, "server did not start:\n{}", server.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not start:\n{}",
+                server.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         server
@@ -144,7 +158,11 @@ impl Server {
     /// Like [`cli`](Server::cli), but asserts success and returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "slipway {args:?} failed:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "slipway {args:?} failed:\n{}",
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -154,7 +172,11 @@ impl Server {
             .arg(repo_root().join("stacks/push.sh"))
             .arg(format!("127.0.0.1:{}", self.registry))
             .arg(format!("admin:{}", self.token)));
-        assert!(out.status.success(), "stacks/push.sh failed:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "stacks/push.sh failed:\n{}",
+            text(&out)
+        );
     }
 
     /// A new ed25519 key pair under the scratch dir; returns the private key's path.
@@ -176,7 +198,11 @@ impl Server {
         run(Command::new("git")
             .current_dir(repo)
             .env("GIT_SSH_COMMAND", ssh)
-            .args(["push", &format!("ssh://git@127.0.0.1:{}/{app}.git", self.ssh), "main"]))
+            .args([
+                "push",
+                &format!("ssh://git@127.0.0.1:{}/{app}.git", self.ssh),
+                "main",
+            ]))
     }
 
     /// GET `/` on the router with `Host: <app>.slipway.localhost`; returns (status, body).
@@ -271,7 +297,16 @@ pub fn commit_all(repo: &Path, message: &str) {
     git(repo, &["add", "-A"]);
     git(
         repo,
-        &["-c", "user.email=e2e@slipway.test", "-c", "user.name=e2e", "commit", "-q", "-m", message],
+        &[
+            "-c",
+            "user.email=e2e@slipway.test",
+            "-c",
+            "user.name=e2e",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
     );
 }
 

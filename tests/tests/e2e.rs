@@ -26,19 +26,37 @@ fn git_push_deploys() {
     server.cli_ok(&["apps:create", "pyapp"]);
     assert!(server.cli_ok(&["apps"]).contains("pyapp"));
     server.cli_ok(&["config:set", "-a", "pyapp", "GREETING=hello-e2e"]);
-    assert!(server.cli_ok(&["config", "-a", "pyapp"]).contains("GREETING=hello-e2e"));
+    assert!(
+        server
+            .cli_ok(&["config", "-a", "pyapp"])
+            .contains("GREETING=hello-e2e")
+    );
 
     // The first push builds, releases and deploys; the push returns once the app serves.
-    let app = git_repo(server.dir.path(), "pyapp", &repo_root().join("tests/fixtures/python-app"));
+    let app = git_repo(
+        server.dir.path(),
+        "pyapp",
+        &repo_root().join("tests/fixtures/python-app"),
+    );
     let push = server.git_push(&app, &key, "pyapp");
     let out = text(&push);
-    assert!(push.status.success(), "push failed:\n{out}\n{}", server.log());
+    assert!(
+        push.status.success(),
+        "push failed:\n{out}\n{}",
+        server.log()
+    );
     assert!(out.contains("remote: -----> Python app detected"), "{out}");
-    assert!(out.contains("remote: -----> Launching... done, v2"), "{out}");
+    assert!(
+        out.contains("remote: -----> Launching... done, v2"),
+        "{out}"
+    );
     let (code, body) = server.http_get("pyapp");
     assert_eq!((code, body.trim()), (200, "hello-e2e from pyapp v2"));
     let releases = server.cli_ok(&["releases", "-a", "pyapp"]);
-    assert!(releases.contains("v2") && releases.contains("deployed"), "{releases}");
+    assert!(
+        releases.contains("v2") && releases.contains("deployed"),
+        "{releases}"
+    );
 
     // Operators find the container by its labels; its port is published on 127.0.0.1 only.
     let ps = text(&run(Command::new("docker").args([
@@ -64,12 +82,20 @@ fn git_push_deploys() {
     let stranger = server.keygen("mallory");
     let push = server.git_push(&app, &stranger, "pyapp");
     assert!(!push.status.success());
-    assert!(text(&push).contains("Permission denied (publickey)"), "{}", text(&push));
+    assert!(
+        text(&push).contains("Permission denied (publickey)"),
+        "{}",
+        text(&push)
+    );
 
     // A push to an app that does not exist says so.
     let push = server.git_push(&app, &key, "nope");
     assert!(!push.status.success());
-    assert!(text(&push).contains("app nope does not exist"), "{}", text(&push));
+    assert!(
+        text(&push).contains("app nope does not exist"),
+        "{}",
+        text(&push)
+    );
 
     // An app no buildpack recognises is rejected with what is supported.
     server.cli_ok(&["apps:create", "plain"]);
@@ -95,5 +121,9 @@ fn git_push_deploys() {
     assert_eq!((code, body.trim()), (200, "changed from pyapp v3"));
 
     // Ctrl-C stops the server cleanly.
-    assert!(server.interrupt(), "server did not stop cleanly:\n{}", server.log());
+    assert!(
+        server.interrupt(),
+        "server did not stop cleanly:\n{}",
+        server.log()
+    );
 }
