@@ -21,7 +21,7 @@ use slipway_core::ProcessTypes;
 use crate::BuildError;
 
 /// Seconds since the epoch written as every file's mtime (1980-01-01, as CNB uses).
-const EPOCH: u64 = 315_532_800;
+pub(crate) const EPOCH: u64 = 315_532_800;
 /// The user and group that builds and apps run as in the stack images.
 const UID: u64 = 1000;
 

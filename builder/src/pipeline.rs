@@ -99,7 +99,12 @@ async fn build(
         name: format!("slipway-build-{app}-{:08x}", rand::random::<u32>()),
         image: build_image,
         cmd: vec!["/cnb/lifecycle/build".into()],
-        env: vec!["CNB_PLATFORM_API=0.10".into()],
+        // SOURCE_DATE_EPOCH makes tools that honour it (pip's .pyc files among them) write the
+        // same bytes on every build, so unchanged layers keep their digests.
+        env: vec![
+            "CNB_PLATFORM_API=0.10".into(),
+            format!("SOURCE_DATE_EPOCH={}", export::EPOCH),
+        ],
         labels: HashMap::from([
             (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
             ("slipway.build".to_owned(), app.to_string()),

@@ -56,6 +56,12 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    // Tokens, keys, repositories and the hook sockets live here: owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&args.data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("securing data directory {}", args.data.display()))?;
+    }
     let data = args
         .data
         .canonicalize()

@@ -228,7 +228,7 @@ async fn destroy_app(
 ) -> Result<StatusCode> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     ctl.db().delete_app(&app).await?;
-    ctl.forget(&app);
+    ctl.forget(&app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

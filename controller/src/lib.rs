@@ -141,8 +141,18 @@ impl Controller {
         Ok(release)
     }
 
-    pub(crate) fn forget(&self, app: &AppName) {
+    /// After an app's rows are gone: stop its containers and delete its git repository.
+    pub(crate) async fn forget(&self, app: &AppName) -> Result<(), ControllerError> {
         self.reconciler.send(Event::Destroyed(app.clone()));
+        let repo = slipway_core::layout::repo_path(&self.config.data_dir, app);
+        match tokio::fs::remove_dir_all(&repo).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ControllerError::Io(format!(
+                "removing {}: {e}",
+                repo.display()
+            ))),
+        }
     }
 }
 

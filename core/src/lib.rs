@@ -6,6 +6,7 @@
 //! so every other crate can depend on it without pulling in a runtime.
 
 pub mod keys;
+pub mod layout;
 pub mod names;
 pub mod ports;
 pub mod procfile;

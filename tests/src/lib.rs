@@ -81,51 +81,74 @@ impl Server {
             .prefix("slipway-e2e-")
             .tempdir()
             .unwrap();
-        let (api, ssh, registry, http) = (free_port(), free_port(), free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut server = Server {
+            dir,
+            api: free_port(),
+            ssh: free_port(),
+            registry: free_port(),
+            http: free_port(),
+            token: String::new(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts `slipway server` on this fixture's ports and data directory, and waits until its
+    /// API answers.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
         let child = Command::new(slipway_bin())
             .arg("server")
             .arg("--data")
-            .arg(dir.path().join("data"))
-            .env("SLIPWAY_API_ADDR", format!("127.0.0.1:{api}"))
-            .env("SLIPWAY_SSH_ADDR", format!("127.0.0.1:{ssh}"))
-            .env("SLIPWAY_REGISTRY_ADDR", format!("127.0.0.1:{registry}"))
-            .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .arg(self.data())
+            .env("SLIPWAY_API_ADDR", format!("127.0.0.1:{}", self.api))
+            .env("SLIPWAY_SSH_ADDR", format!("127.0.0.1:{}", self.ssh))
+            .env(
+                "SLIPWAY_REGISTRY_ADDR",
+                format!("127.0.0.1:{}", self.registry),
+            )
+            .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting slipway server");
-        let mut server = Server {
-            dir,
-            api,
-            ssh,
-            registry,
-            http,
-            token: String::new(),
-            child: Some(child),
-        };
-        let token_path = server.data().join("admin-token");
+        self.child = Some(child);
+        let token_path = self.data().join("admin-token");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(t) = std::fs::read_to_string(&token_path)
                 && !t.trim().is_empty()
-                && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.api)).is_ok()
             {
-                server.token = t.trim().to_owned();
-                break;
+                self.token = t.trim().to_owned();
+                return;
             }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("slipway server exited with {status}:\n{}", server.log());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("slipway server exited with {status}:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "server did not start:\n{}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+    }
+
+    /// Kills the server with SIGKILL, as a crash or power loss would, and starts it again on the
+    /// same data directory and ports.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
     }
 
     /// The data directory.

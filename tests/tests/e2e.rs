@@ -120,6 +120,30 @@ fn git_push_deploys() {
     let (code, body) = server.http_get("pyapp");
     assert_eq!((code, body.trim()), (200, "changed from pyapp v3"));
 
+    // A crashed app container is replaced.
+    let killed = text(&run(Command::new("docker").args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=slipway.instance={}", server.instance_id()),
+        "--filter",
+        "label=slipway.app=pyapp",
+    ])));
+    assert!(!killed.trim().is_empty());
+    run(Command::new("docker")
+        .args(["kill"])
+        .args(killed.split_whitespace()));
+    server.wait_for_body("pyapp", "changed from pyapp v3", Duration::from_secs(60));
+
+    // After the server itself dies and restarts, the app is served again without anyone acting.
+    server.kill_and_restart();
+    server.wait_for_body("pyapp", "changed from pyapp v3", Duration::from_secs(60));
+
+    // Destroying an app stops its containers, and its name starts afresh.
+    server.cli_ok(&["apps:destroy", "plain", "--confirm", "plain"]);
+    assert!(!server.cli_ok(&["apps"]).contains("plain"));
+    assert!(!server.data().join("repos/plain.git").exists());
+
     // Ctrl-C stops the server cleanly.
     assert!(
         server.interrupt(),

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Measures a deploy the way a user meets it: seconds from the start of `git push` to the first
+# 200 through the router, for a first deploy and for a redeploy after a one-line change, and the
+# resident memory of an idle `slipway server`. Uses its own server on free ports and a temp dir,
+# removes its containers on exit.
+#   bench/deploy.sh [REPS]        SLIPWAY_BIN=path/to/slipway (default: release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${1:-3}
+BIN=${SLIPWAY_BIN:-${CARGO_TARGET_DIR:-/var/cache/slipway/target}/release/slipway}
+[ -x "$BIN" ] || { echo "no slipway binary at $BIN (cargo build --release -p slipway-cli)" >&2; exit 1; }
+
+tmp=$(mktemp -d /tmp/bench-deploy.XXXXXX)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+API=$(port); SSH=$(port); REG=$(port); HTTP=$(port)
+SLIPWAY_API_ADDR=127.0.0.1:$API SLIPWAY_SSH_ADDR=127.0.0.1:$SSH SLIPWAY_REGISTRY_ADDR=127.0.0.1:$REG \
+  SLIPWAY_HTTP_ADDR=127.0.0.1:$HTTP "$BIN" server --data "$tmp/data" > "$tmp/server.log" 2>&1 &
+pid=$!
+cleanup() {
+  kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  id=$(cat "$tmp/data/instance-id" 2>/dev/null || true)
+  [ -n "$id" ] && docker ps -aq --filter "label=slipway.instance=$id" | xargs -r docker rm -f >/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do [ -s "$tmp/data/admin-token" ] && curl -s -o /dev/null "http://127.0.0.1:$API/" && break; sleep 0.1; done
+export SLIPWAY_URL=http://127.0.0.1:$API SLIPWAY_TOKEN=$(cat "$tmp/data/admin-token")
+bash stacks/push.sh "127.0.0.1:$REG" "admin:$SLIPWAY_TOKEN" >/dev/null
+sleep 5
+rss_idle=$(ps -o rss= -p "$pid" | tr -d ' ')
+ssh-keygen -q -t ed25519 -N '' -f "$tmp/key"
+"$BIN" keys:add "$tmp/key.pub" >/dev/null
+export GIT_SSH_COMMAND="ssh -i $tmp/key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+
+# Seconds from the start of `git push` until the router answers 200 with the new release.
+deploy() {
+  local app=$1 release=$2 start end
+  start=$(date +%s.%N)
+  git -C "$tmp/$app" push "ssh://git@127.0.0.1:$SSH/$app.git" main > "$tmp/push.log" 2>&1 || { cat "$tmp/push.log" >&2; exit 1; }
+  until curl -s -H "Host: $app.slipway.localhost" "http://127.0.0.1:$HTTP/" | grep -q " $release\$"; do sleep 0.05; done
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc
+}
+
+first=(); redeploy=()
+for rep in $(seq 1 "$REPS"); do
+  app=bench$rep
+  "$BIN" apps:create "$app" >/dev/null
+  cp -r tests/fixtures/python-app "$tmp/$app"
+  git -C "$tmp/$app" init -q -b main && git -C "$tmp/$app" add -A
+  git -C "$tmp/$app" -c user.email=b@b -c user.name=b commit -qm init
+  first+=("$(deploy "$app" v1)")
+  up_first=$(grep -o '[0-9]* KiB uploaded' "$tmp/push.log" | tail -1)
+  echo "# one-line change $rep" >> "$tmp/$app/app.py"
+  git -C "$tmp/$app" -c user.email=b@b -c user.name=b commit -qam change
+  redeploy+=("$(deploy "$app" v2)")
+  up_redeploy=$(grep -o '[0-9]* KiB uploaded' "$tmp/push.log" | tail -1)
+done
+sleep 5
+rss_after=$(ps -o rss= -p "$pid" | tr -d ' ')
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "first deploys (s):  ${first[*]}"
+echo "redeploys (s):      ${redeploy[*]}"
+echo "uploaded: first deploy $up_first, redeploy $up_redeploy"
+echo "RESULT deploy first_s=$(median "${first[@]}") redeploy_s=$(median "${redeploy[@]}") idle_rss_kib=$rss_idle rss_after_kib=$rss_after"
