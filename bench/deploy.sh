@@ -39,7 +39,7 @@ deploy() {
   git -C "$tmp/$app" push "ssh://git@127.0.0.1:$SSH/$app.git" main > "$tmp/push.log" 2>&1 || { cat "$tmp/push.log" >&2; exit 1; }
   until curl -s -H "Host: $app.slipway.localhost" "http://127.0.0.1:$HTTP/" | grep -q " $release\$"; do sleep 0.05; done
   end=$(date +%s.%N)
-  echo "$end - $start" | bc
+  awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f\n", b - a }'
 }
 
 first=(); redeploy=()

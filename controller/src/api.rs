@@ -238,7 +238,7 @@ async fn get_config(
     Path(raw): Path<String>,
 ) -> Result<Json<BTreeMap<String, String>>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
-    let latest = ctl.db().latest_release(&app).await?;
+    let latest = ctl.db().current_release(&app).await?;
     Ok(Json(latest.map(|r| r.config).unwrap_or_default()))
 }
 

@@ -318,9 +318,11 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records the next release of `app`, numbered one past the latest. `make` gets the latest
-    /// release (if any) and returns the new one's contents; the read and the insert share one
-    /// transaction, so concurrent changes never lose each other's config.
+    /// Records the next release of `app`, numbered one past the latest. `make` gets the newest
+    /// release that did not fail (if any) and returns the new one's contents, so a config change
+    /// after a failed deploy builds on what is serving, not on the image that never started. The
+    /// read and the insert share one transaction, so concurrent changes never lose each other's
+    /// config.
     pub async fn add_release(
         &self,
         app: &AppName,
@@ -332,16 +334,26 @@ impl Db {
             .bind(app.as_str())
             .execute(&mut *tx)
             .await?;
-        let latest = sqlx::query(release_query("ORDER BY r.version DESC LIMIT 1"))
-            .bind(app.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(release_row)
-            .transpose()?;
-        let new = make(latest.as_ref().map(|(r, _)| r));
+        let base = sqlx::query(release_query(
+            "AND r.status != 'failed' ORDER BY r.version DESC LIMIT 1",
+        ))
+        .bind(app.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(release_row)
+        .transpose()?;
+        let last: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(r.version), 0) FROM releases r JOIN apps a ON a.id = r.app_id \
+             WHERE a.name = ?",
+        )
+        .bind(app.as_str())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let new = make(base.as_ref().map(|(r, _)| r));
         let release = Release {
             app: app.clone(),
-            version: latest.map_or(1, |(r, _)| r.version + 1),
+            version: last + 1,
             image: new.image,
             config: new.config,
             processes: new.processes,
@@ -383,12 +395,14 @@ impl Db {
         rows.into_iter().map(release_row).collect()
     }
 
-    /// The latest release of `app`.
-    pub async fn latest_release(&self, app: &AppName) -> Result<Option<Release>> {
-        let row = sqlx::query(release_query("ORDER BY r.version DESC LIMIT 1"))
-            .bind(app.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+    /// The newest release of `app` that did not fail: the one whose config is current.
+    pub async fn current_release(&self, app: &AppName) -> Result<Option<Release>> {
+        let row = sqlx::query(release_query(
+            "AND r.status != 'failed' ORDER BY r.version DESC LIMIT 1",
+        ))
+        .bind(app.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(release_row).transpose()?.map(|(r, _)| r))
     }
 
@@ -569,11 +583,19 @@ mod tests {
             .await
             .unwrap();
         assert!(db.target_release(&app).await.unwrap().is_none());
+        // v2 failed: a config change builds on v1 (no image), numbered after v2.
         let v3 = db.add_release(&app, make("set B", None)).await.unwrap();
-        assert_eq!(v3.image.as_deref(), Some("img@sha256:1"));
+        assert_eq!((v3.version, v3.image.as_deref()), (3, None));
+        let v4 = db
+            .add_release(&app, make("deploy", Some("img@sha256:2")))
+            .await
+            .unwrap();
+        let v5 = db.add_release(&app, make("set C", None)).await.unwrap();
+        assert_eq!((v4.version, v5.version), (4, 5));
+        assert_eq!(v5.image.as_deref(), Some("img@sha256:2"));
         let (target, status) = db.target_release(&app).await.unwrap().unwrap();
-        assert_eq!((target.version, status), (3, ReleaseStatus::Pending));
-        assert_eq!(db.releases(&app).await.unwrap().len(), 3);
+        assert_eq!((target.version, status), (5, ReleaseStatus::Pending));
+        assert_eq!(db.releases(&app).await.unwrap().len(), 5);
         assert!(db.delete_app(&app).await.unwrap());
         assert!(db.releases(&app).await.unwrap().is_empty());
     }

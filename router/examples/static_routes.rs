@@ -1,0 +1,45 @@
+//! Runs the router alone with a fixed route table, for benchmarks against nginx
+//! (`../shared/bench/router.sh`) without a controller or containers:
+//!
+//! ```sh
+//! cargo run --release -p slipway-router --example static_routes -- 127.0.0.1:8080 app.bench.test=127.0.0.1:18081
+//! ```
+//!
+//! Arguments: the listen address, then `host=backend[,backend...]` routes. Ctrl-C stops it.
+
+use std::net::SocketAddr;
+
+use slipway_core::routes::{AppRoute, RouteTable, Routes};
+use slipway_router::RouterConfig;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: static_routes LISTEN HOST=BACKEND[,BACKEND...]...";
+    let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
+    let mut table = RouteTable::default();
+    for (i, route) in args.enumerate() {
+        let (host, backends) = route.split_once('=').expect(usage);
+        let backends: Vec<SocketAddr> = backends
+            .split(',')
+            .map(|b| b.parse().expect(usage))
+            .collect();
+        let app = format!("bench{i}").parse().expect("a valid app name");
+        table.insert([host.to_owned()], AppRoute::new(app, backends));
+    }
+    let routes = Routes::default();
+    routes.publish(table);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let router = slipway_router::start(RouterConfig { listen, threads }, routes)
+        .unwrap_or_else(|e| panic!("starting the router: {e}"));
+    println!("router listening on {}", router.local_addr());
+    // Block until Ctrl-C; the router itself never takes signals.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        // Also stop when stdin closes, for scripted runs.
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv();
+    router.stop();
+}
