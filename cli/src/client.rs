@@ -7,6 +7,49 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+const DEFAULT_URL: &str = "http://127.0.0.1:7700";
+
+/// What `slipway login` saves: `$XDG_CONFIG_HOME/slipway/credentials` (or
+/// `~/.config/slipway/credentials`), mode 0600.
+#[derive(serde::Serialize, Deserialize)]
+struct Credentials {
+    url: String,
+    token: String,
+}
+
+impl Credentials {
+    fn path() -> Option<std::path::PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config"))
+            })?;
+        Some(base.join("slipway").join("credentials"))
+    }
+
+    fn load() -> Option<Credentials> {
+        serde_json::from_str(&std::fs::read_to_string(Self::path()?).ok()?).ok()
+    }
+
+    fn save(&self) -> Result<std::path::PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path().ok_or_else(|| anyhow!("no HOME to save the login under"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(serde_json::to_string(self)?.as_bytes())?;
+        Ok(path)
+    }
+}
+
 /// An API client with the caller's token.
 pub(crate) struct Api {
     base: String,
@@ -25,15 +68,22 @@ struct ErrorInner {
 }
 
 impl Api {
-    /// From `SLIPWAY_URL` and `SLIPWAY_TOKEN`.
+    /// From `SLIPWAY_URL` and `SLIPWAY_TOKEN`, else the file `slipway login` wrote.
     pub(crate) fn from_env(url: Option<String>, token: Option<String>) -> Result<Api> {
+        let saved = Credentials::load();
         let base = url
-            .unwrap_or_else(|| "http://127.0.0.1:7700".to_owned())
+            .or_else(|| saved.as_ref().map(|c| c.url.clone()))
+            .unwrap_or_else(|| DEFAULT_URL.to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let token = token.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-            anyhow!("no API token: set SLIPWAY_TOKEN (the admin's is in DATA/admin-token)")
-        })?;
+        let token = token
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| saved.map(|c| c.token))
+            .ok_or_else(|| {
+                anyhow!(
+                    "no API token: set SLIPWAY_TOKEN or run `slipway login` (the admin's token is in DATA/admin-token)"
+                )
+            })?;
         Ok(Api {
             base,
             token: token.trim().to_owned(),
@@ -70,6 +120,31 @@ impl Api {
         Ok(Some(
             serde_json::from_str(&text).context("the API answered with invalid JSON")?,
         ))
+    }
+
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the Slipway API at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                )
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the API's answer")?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| format!("the API answered {status}"));
+            bail!("{msg}");
+        }
+        Ok(text)
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
@@ -322,4 +397,176 @@ pub(crate) async fn releases(api: &Api, app: &str) -> Result<()> {
         .unwrap_or_default();
     table(&["VERSION", "STATUS", "DESCRIPTION", "BY"], rows);
     Ok(())
+}
+
+pub(crate) async fn users_add(api: &Api, name: &str) -> Result<()> {
+    let created = api.post("/v1/users", json!({ "name": name })).await?;
+    println!("created user {}", s(&created["user"]));
+    println!("their API token (shown once): {}", s(&created["token"]));
+    Ok(())
+}
+
+pub(crate) async fn tokens_create(api: &Api) -> Result<()> {
+    let created = api.post("/v1/tokens", json!({})).await?;
+    println!("{}", s(&created["token"]));
+    Ok(())
+}
+
+/// Checks a token against the API and saves it with the URL for later commands.
+pub(crate) async fn login(url: Option<String>, token: Option<String>) -> Result<()> {
+    let token = match token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t,
+        None => {
+            eprint!("API token: ");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the token")?;
+            line.trim().to_owned()
+        }
+    };
+    let url = url.unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let api = Api::from_env(Some(url.clone()), Some(token.clone()))?;
+    let me = api.get("/v1/whoami").await?;
+    let path = Credentials {
+        url: api.base.clone(),
+        token: api.token.clone(),
+    }
+    .save()?;
+    println!(
+        "logged in to {} as {} (saved in {})",
+        api.base,
+        s(&me["user"]),
+        path.display()
+    );
+    Ok(())
+}
+
+pub(crate) async fn rollback(api: &Api, app: &str, version: Option<&str>) -> Result<()> {
+    let body = match version {
+        Some(v) => {
+            let n: i64 = v
+                .trim_start_matches('v')
+                .parse()
+                .map_err(|_| anyhow!("{v:?} is not a release such as v3"))?;
+            json!({ "version": n })
+        }
+        None => json!({}),
+    };
+    let release = api.post(&format!("/v1/apps/{app}/rollback"), body).await?;
+    println!(
+        "{}: v{}",
+        s(&release["description"]),
+        s(&release["version"])
+    );
+    Ok(())
+}
+
+pub(crate) async fn domains(api: &Api, app: &str) -> Result<()> {
+    let list = api.get(&format!("/v1/apps/{app}/domains")).await?;
+    for host in list.as_array().into_iter().flatten() {
+        println!("{}", s(host));
+    }
+    Ok(())
+}
+
+pub(crate) async fn domains_add(api: &Api, app: &str, host: &str) -> Result<()> {
+    api.post(&format!("/v1/apps/{app}/domains"), json!({ "host": host }))
+        .await?;
+    println!("added {host} to {app}");
+    Ok(())
+}
+
+pub(crate) async fn domains_remove(api: &Api, app: &str, host: &str) -> Result<()> {
+    api.delete(&format!("/v1/apps/{app}/domains/{host}"))
+        .await?;
+    println!("removed {host} from {app}");
+    Ok(())
+}
+
+pub(crate) async fn ps(api: &Api, app: &str) -> Result<()> {
+    let list = api.get(&format!("/v1/apps/{app}/ps")).await?;
+    let rows = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    vec![
+                        s(&i["process"]),
+                        s(&i["release"]),
+                        s(&i["state"]),
+                        s(&i["name"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["TYPE", "RELEASE", "STATE", "NAME"], rows);
+    Ok(())
+}
+
+pub(crate) async fn ps_scale(api: &Api, app: &str, pairs: &[String]) -> Result<()> {
+    let mut body = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{pair:?} is not TYPE=N"))?;
+        let n: i64 = v
+            .parse()
+            .map_err(|_| anyhow!("{pair:?}: {v:?} is not a number"))?;
+        body.insert(k.to_owned(), json!(n));
+    }
+    let formation = api
+        .patch(&format!("/v1/apps/{app}/formation"), Value::Object(body))
+        .await?;
+    let summary: Vec<String> = formation
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "scaling {app}: {}",
+        if summary.is_empty() {
+            "nothing running".to_owned()
+        } else {
+            summary.join(" ")
+        }
+    );
+    Ok(())
+}
+
+pub(crate) async fn ps_restart(api: &Api, app: &str, process: Option<&str>) -> Result<()> {
+    api.post(
+        &format!("/v1/apps/{app}/restart"),
+        json!({ "process": process }),
+    )
+    .await?;
+    println!(
+        "restarting {app}{}",
+        process.map(|p| format!(" {p}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub(crate) async fn logs(api: &Api, app: &str, lines: usize, follow: bool) -> Result<()> {
+    let mut last = String::new();
+    loop {
+        let text = api
+            .get_text(&format!("/v1/apps/{app}/logs?lines={lines}"))
+            .await?;
+        for line in text.lines() {
+            // Lines start with an RFC 3339 timestamp, so text order is time order.
+            if !follow || last.is_empty() || line > last.as_str() {
+                println!("{line}");
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        if let Some(l) = text.lines().last() {
+            last = last.max(l.to_owned());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

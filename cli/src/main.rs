@@ -106,6 +106,70 @@ enum Command {
         #[arg(short, long)]
         app: Option<String>,
     },
+    /// Roll back to an earlier release (default: the one before the current).
+    Rollback {
+        version: Option<String>,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// List an app's domains.
+    Domains {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Serve an app at another host name.
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        host: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Stop serving an app at a host name.
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        host: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// List an app's instances.
+    Ps {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Set instances per process type: web=2 worker=1.
+    #[command(name = "ps:scale")]
+    PsScale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Restart an app's instances (all, or one process type).
+    #[command(name = "ps:restart")]
+    PsRestart {
+        process: Option<String>,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Show an app's output.
+    Logs {
+        #[arg(short, long)]
+        app: Option<String>,
+        /// How many lines.
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Add a user (admin only); prints their API token.
+    #[command(name = "users:add")]
+    UsersAdd { name: String },
+    /// Make another API token for yourself.
+    #[command(name = "tokens:create")]
+    TokensCreate,
+    /// Save an API URL and token for later commands.
+    Login,
     /// Internal: git hooks run by the SSH git server.
     #[command(hide = true)]
     Hook { name: String },
@@ -188,6 +252,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Releases { app } => {
             client::releases(&api()?, &client::resolve_app(app.clone())?).await
         }
+        Command::Rollback { version, app } => {
+            client::rollback(
+                &api()?,
+                &client::resolve_app(app.clone())?,
+                version.as_deref(),
+            )
+            .await
+        }
+        Command::Domains { app } => {
+            client::domains(&api()?, &client::resolve_app(app.clone())?).await
+        }
+        Command::DomainsAdd { host, app } => {
+            client::domains_add(&api()?, &client::resolve_app(app.clone())?, host).await
+        }
+        Command::DomainsRemove { host, app } => {
+            client::domains_remove(&api()?, &client::resolve_app(app.clone())?, host).await
+        }
+        Command::Ps { app } => client::ps(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::PsScale { pairs, app } => {
+            client::ps_scale(&api()?, &client::resolve_app(app.clone())?, pairs).await
+        }
+        Command::PsRestart { process, app } => {
+            client::ps_restart(
+                &api()?,
+                &client::resolve_app(app.clone())?,
+                process.as_deref(),
+            )
+            .await
+        }
+        Command::Logs { app, num, follow } => {
+            client::logs(&api()?, &client::resolve_app(app.clone())?, *num, *follow).await
+        }
+        Command::UsersAdd { name } => client::users_add(&api()?, name).await,
+        Command::TokensCreate => client::tokens_create(&api()?).await,
+        Command::Login => client::login(cli.url.clone(), cli.token.clone()).await,
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -6,16 +6,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use slipway_core::release::is_config_key;
 use slipway_core::{AppName, Fingerprint, Release, UserName, keys};
 
 use crate::db::{NewRelease, ReleaseStatus};
+use crate::reconciler::{Event, LABEL_APP, LABEL_PROCESS, LABEL_RELEASE, desired_formation};
 use crate::{Controller, ControllerError};
 
 type Result<T> = std::result::Result<T, ControllerError>;
@@ -31,6 +33,15 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apps/{app}", get(app_info).delete(destroy_app))
         .route("/v1/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/v1/apps/{app}/releases", get(list_releases))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/domains", get(list_domains).post(add_domain))
+        .route("/v1/apps/{app}/domains/{host}", delete(remove_domain))
+        .route("/v1/apps/{app}/ps", get(list_ps))
+        .route("/v1/apps/{app}/formation", get(get_formation).patch(scale))
+        .route("/v1/apps/{app}/restart", post(restart))
+        .route("/v1/apps/{app}/logs", get(logs))
+        .route("/v1/users", post(create_user))
+        .route("/v1/tokens", post(create_token))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
         .with_state(controller)
 }
@@ -341,4 +352,342 @@ async fn list_releases(
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let releases = ctl.db().releases(&app).await?;
     Ok(Json(releases.into_iter().map(ReleaseOut::from).collect()))
+}
+
+#[derive(Deserialize)]
+struct CreateUser {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct NewToken {
+    user: UserName,
+    token: String,
+}
+
+/// Admin only: a new user and their first token.
+async fn create_user(
+    State(ctl): Ctl,
+    caller: Caller,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, Json<NewToken>)> {
+    if caller.0.as_str() != "admin" {
+        return Err(ControllerError::Forbidden(
+            "only admin can add users".into(),
+        ));
+    }
+    let user: UserName = body
+        .name
+        .parse()
+        .map_err(|e: slipway_core::NameError| ControllerError::BadRequest(e.to_string()))?;
+    let token = ctl.create_user(&user).await?;
+    Ok((StatusCode::CREATED, Json(NewToken { user, token })))
+}
+
+async fn create_token(State(ctl): Ctl, caller: Caller) -> Result<(StatusCode, Json<NewToken>)> {
+    let token = ctl.create_token(&caller.0).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            user: caller.0,
+            token,
+        }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct Rollback {
+    version: Option<i64>,
+}
+
+/// A new release with the image, config and process types of an earlier one: the given
+/// version, or the one before the current.
+async fn rollback(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Option<Json<Rollback>>,
+) -> Result<Json<ReleaseOut>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let version = body.and_then(|b| b.0.version);
+    let releases = ctl.db().releases(&app).await?;
+    let (current, _) = ctl.db().target_release(&app).await?.ok_or_else(|| {
+        ControllerError::BadRequest(format!("{app} has no release to roll back from"))
+    })?;
+    let to = match version {
+        Some(v) => releases
+            .iter()
+            .find(|(r, _)| r.version == v)
+            .ok_or_else(|| ControllerError::NotFound(format!("{app} has no release v{v}")))?,
+        None => releases
+            .iter()
+            .find(|(r, s)| {
+                r.version < current.version && r.image.is_some() && *s != ReleaseStatus::Failed
+            })
+            .ok_or_else(|| {
+                ControllerError::BadRequest(format!(
+                    "{app} has no release before v{} to roll back to",
+                    current.version
+                ))
+            })?,
+    };
+    let to = to.0.clone();
+    if to.image.is_none() {
+        return Err(ControllerError::BadRequest(format!(
+            "v{} has no image (it was a config change before the first build)",
+            to.version
+        )));
+    }
+    let release = ctl
+        .release(&app, |_| NewRelease {
+            image: to.image.clone(),
+            config: to.config.clone(),
+            processes: to.processes.clone(),
+            commit: to.commit.clone(),
+            description: format!("rollback to v{}", to.version),
+            created_by: caller.0.to_string(),
+        })
+        .await?;
+    Ok(Json(ReleaseOut::from((release, ReleaseStatus::Pending))))
+}
+
+/// Whether `host` is a DNS name an app can be served at: lower-case labels of letters, digits
+/// and '-', at least two of them.
+fn valid_host(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+async fn list_domains(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<String>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let mut hosts = vec![format!("{app}.{}", ctl.domain())];
+    hosts.extend(ctl.db().domains(&app).await?);
+    Ok(Json(hosts))
+}
+
+#[derive(Deserialize)]
+struct AddDomain {
+    host: String,
+}
+
+async fn add_domain(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<AddDomain>,
+) -> Result<StatusCode> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let host = body.host.trim().trim_end_matches('.').to_ascii_lowercase();
+    if !valid_host(&host) {
+        return Err(ControllerError::BadRequest(format!(
+            "invalid domain {:?}: use a DNS name such as www.example.com",
+            body.host
+        )));
+    }
+    if host.ends_with(&format!(".{}", ctl.domain())) {
+        return Err(ControllerError::BadRequest(format!(
+            "{host} is under the platform's own domain {}; apps get <app>.{} already",
+            ctl.domain(),
+            ctl.domain()
+        )));
+    }
+    ctl.db().add_domain(&app, &host).await?;
+    ctl.notify(Event::DomainsChanged(app));
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_domain(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path((raw, host)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let host = host.to_ascii_lowercase();
+    if !ctl.db().remove_domain(&app, &host).await? {
+        return Err(ControllerError::NotFound(format!(
+            "{app} has no domain {host}"
+        )));
+    }
+    ctl.notify(Event::DomainsChanged(app));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct Instance {
+    name: String,
+    process: String,
+    release: String,
+    state: &'static str,
+}
+
+async fn app_instances(ctl: &Controller, app: &AppName) -> Result<Vec<slipway_runtime::Container>> {
+    ctl.engine()
+        .list(&[
+            (slipway_runtime::LABEL_INSTANCE, ctl.instance_id()),
+            (LABEL_APP, app.as_str()),
+        ])
+        .await
+        .map_err(|e| ControllerError::Io(e.to_string()))
+}
+
+async fn list_ps(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<Instance>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let mut out: Vec<Instance> = app_instances(&ctl, &app)
+        .await?
+        .into_iter()
+        .map(|c| Instance {
+            process: c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default(),
+            release: c.labels.get(LABEL_RELEASE).cloned().unwrap_or_default(),
+            state: if c.running { "up" } else { "down" },
+            name: c.name,
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.process, &a.name).cmp(&(&b.process, &b.name)));
+    Ok(Json(out))
+}
+
+async fn get_formation(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<BTreeMap<String, usize>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let formation = ctl.db().formation(&app).await?;
+    let current = ctl.db().current_release(&app).await?;
+    let mut out: BTreeMap<String, usize> = current
+        .as_ref()
+        .map(|r| r.processes.keys().map(|k| (k.clone(), 0)).collect())
+        .unwrap_or_default();
+    if let Some(r) = &current {
+        out.extend(desired_formation(r, &formation));
+    }
+    Ok(Json(out))
+}
+
+/// `{"web": 2, "worker": 1}`: instances per process type.
+async fn scale(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<BTreeMap<String, i64>>,
+) -> Result<Json<BTreeMap<String, usize>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    if body.is_empty() {
+        return Err(ControllerError::BadRequest(
+            "give at least one TYPE=N".into(),
+        ));
+    }
+    let current = ctl.db().current_release(&app).await?;
+    for (process, n) in &body {
+        if !slipway_core::procfile::is_process_type(process) {
+            return Err(ControllerError::BadRequest(format!(
+                "invalid process type {process:?}"
+            )));
+        }
+        if !(0..=100).contains(n) {
+            return Err(ControllerError::BadRequest(format!(
+                "{process}={n}: use a quantity from 0 to 100"
+            )));
+        }
+        let known = current
+            .as_ref()
+            .is_some_and(|r| r.processes.contains_key(process));
+        if !known {
+            return Err(ControllerError::BadRequest(format!(
+                "{app} has no process type {process}; its Procfile defines the types"
+            )));
+        }
+    }
+    ctl.db().scale(&app, &body).await?;
+    ctl.notify(Event::Scaled(app.clone()));
+    let formation = ctl.db().formation(&app).await?;
+    Ok(Json(
+        current
+            .map(|r| desired_formation(&r, &formation))
+            .unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct Restart {
+    process: Option<String>,
+}
+
+/// Stops the app's instances (of one process type, or all); the reconciler starts fresh ones.
+async fn restart(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Option<Json<Restart>>,
+) -> Result<StatusCode> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let process = body.and_then(|b| b.0.process);
+    for c in app_instances(&ctl, &app).await? {
+        if process.is_none() || c.labels.get(LABEL_PROCESS) == process.as_ref() {
+            ctl.engine()
+                .remove(&c.id, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|e| ControllerError::Io(e.to_string()))?;
+        }
+    }
+    ctl.notify(Event::Restarted(app));
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+/// The last lines of every instance's output, merged by time, each line
+/// `<timestamp> <app>[<process>.<container>]: <text>`.
+async fn logs(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<String> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let lines = q.lines.unwrap_or(100).min(10_000);
+    let mut all: Vec<(String, String)> = Vec::new();
+    for c in app_instances(&ctl, &app).await? {
+        let process = c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default();
+        let short = c.id.chars().take(8).collect::<String>();
+        let out = ctl
+            .engine()
+            .logs(&c.id, lines)
+            .await
+            .map_err(|e| ControllerError::Io(e.to_string()))?;
+        for line in String::from_utf8_lossy(&out).lines() {
+            let (ts, text) = line.split_once(' ').unwrap_or(("", line));
+            all.push((
+                ts.to_owned(),
+                format!("{ts} {app}[{process}.{short}]: {text}"),
+            ));
+        }
+    }
+    all.sort();
+    let skip = all.len().saturating_sub(lines);
+    let mut body: String = all.into_iter().skip(skip).map(|(_, l)| l + "\n").collect();
+    if body.is_empty() {
+        body = format!("{app} has no output yet\n");
+    }
+    Ok(body)
 }

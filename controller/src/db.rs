@@ -3,6 +3,7 @@
 //! Invariant: no other module holds SQL. Queries are built at runtime with bound parameters
 //! (never string formatting of values), so the same code can serve PostgreSQL later.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -27,7 +28,10 @@ pub enum DbError {
 type Result<T> = std::result::Result<T, DbError>;
 
 /// Ordered migrations; each runs once, in a transaction, and is recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_domains_formation.sql")),
+];
 
 /// A user's SSH key as listed.
 #[derive(Debug, Clone)]
@@ -172,6 +176,105 @@ impl Db {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Adds another API token (given as its hash) for `user`.
+    pub async fn add_token(&self, user: &UserName, token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (token_hash, user_id, created_at) SELECT ?, id, ? FROM users WHERE name = ?",
+        )
+        .bind(token_hash)
+        .bind(now())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The custom domains of `app`, sorted.
+    pub async fn domains(&self, app: &AppName) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT d.host FROM domains d JOIN apps a ON a.id = d.app_id WHERE a.name = ? ORDER BY d.host",
+        )
+        .bind(app.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Routes `host` to `app`.
+    pub async fn add_domain(&self, app: &AppName, host: &str) -> Result<()> {
+        sqlx::query("INSERT INTO domains (host, app_id, created_at) SELECT ?, id, ? FROM apps WHERE name = ?")
+            .bind(host)
+            .bind(now())
+            .bind(app.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    DbError::Exists(format!("domain {host}"))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Stops routing `host` to `app`; whether it was.
+    pub async fn remove_domain(&self, app: &AppName, host: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM domains WHERE host = ? AND app_id = (SELECT id FROM apps WHERE name = ?)",
+        )
+        .bind(host)
+        .bind(app.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The formation of `app`: explicit quantities per process type.
+    pub async fn formation(&self, app: &AppName) -> Result<BTreeMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT f.process, f.quantity FROM formation f JOIN apps a ON a.id = f.app_id WHERE a.name = ?",
+        )
+        .bind(app.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Sets quantities for process types of `app`.
+    pub async fn scale(&self, app: &AppName, quantities: &BTreeMap<String, i64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (process, quantity) in quantities {
+            sqlx::query(
+                "INSERT INTO formation (app_id, process, quantity) SELECT id, ?, ? FROM apps WHERE name = ? \
+                 ON CONFLICT (app_id, process) DO UPDATE SET quantity = excluded.quantity",
+            )
+            .bind(process)
+            .bind(quantity)
+            .bind(app.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One release of `app`.
+    pub async fn release(
+        &self,
+        app: &AppName,
+        version: i64,
+    ) -> Result<Option<(Release, ReleaseStatus)>> {
+        let row = sqlx::query(release_query("AND r.version = ?"))
+            .bind(app.as_str())
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(release_row).transpose()
     }
 
     /// Whether any user exists yet.
@@ -424,12 +527,7 @@ impl Db {
         app: &AppName,
         version: i64,
     ) -> Result<Option<ReleaseStatus>> {
-        let row = sqlx::query(release_query("AND r.version = ?"))
-            .bind(app.as_str())
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(release_row).transpose()?.map(|(_, s)| s))
+        Ok(self.release(app, version).await?.map(|(_, s)| s))
     }
 
     /// Sets a release's rollout status.

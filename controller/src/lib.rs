@@ -42,6 +42,7 @@ pub struct ControllerConfig {
 /// The controller. Cheap to share behind an `Arc`.
 pub struct Controller {
     db: Db,
+    engine: Arc<dyn Engine>,
     config: ControllerConfig,
     reconciler: ReconcilerHandle,
     /// A token that lives only in this process's memory: the controller's own credential for
@@ -83,7 +84,7 @@ impl Controller {
         let system_token = new_token();
         let reconciler = Reconciler::spawn(
             db.clone(),
-            engine,
+            engine.clone(),
             routes,
             ReconcilerConfig {
                 instance_id: config.instance_id.clone(),
@@ -100,6 +101,7 @@ impl Controller {
         );
         let controller = Arc::new(Controller {
             db,
+            engine,
             config,
             reconciler,
             system_token,
@@ -120,6 +122,32 @@ impl Controller {
 
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub(crate) fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    pub(crate) fn notify(&self, event: Event) {
+        self.reconciler.send(event);
+    }
+
+    /// Creates a user and returns their first API token.
+    pub(crate) async fn create_user(&self, name: &UserName) -> Result<String, ControllerError> {
+        let token = new_token();
+        self.db.create_user(name, &hash_token(&token)).await?;
+        Ok(token)
+    }
+
+    /// Makes another API token for `user`.
+    pub(crate) async fn create_token(&self, user: &UserName) -> Result<String, ControllerError> {
+        let token = new_token();
+        self.db.add_token(user, &hash_token(&token)).await?;
+        Ok(token)
     }
 
     /// The user behind an API token.

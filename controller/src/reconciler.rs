@@ -38,12 +38,21 @@ pub const APP_PORT: u16 = 5000;
 pub enum Event {
     /// A new release of the app was recorded.
     Released(AppName),
+    /// The app's formation (instances per process type) changed.
+    Scaled(AppName),
+    /// The app's custom domains changed.
+    DomainsChanged(AppName),
+    /// The app's instances were removed for a restart.
+    Restarted(AppName),
     /// The app was destroyed.
     Destroyed(AppName),
     /// Periodic check of every app: replaces crashed instances, and at start brings every app
     /// back.
     Tick,
 }
+
+/// An app's host names and the addresses of its ready web instances.
+type Served = (Vec<String>, Vec<SocketAddr>);
 
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
@@ -68,8 +77,8 @@ pub struct Reconciler {
     engine: Arc<dyn Engine>,
     routes: Routes,
     config: ReconcilerConfig,
-    /// Ready web backends per app; the route table is built from this.
-    ready: Mutex<BTreeMap<AppName, Vec<SocketAddr>>>,
+    /// Host names and ready web backends per app; the route table is built from this.
+    ready: Mutex<BTreeMap<AppName, Served>>,
     /// One lock per app, so two passes over one app never interleave.
     locks: Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     /// The loop's own queue, for passes that must run again after this one.
@@ -121,7 +130,11 @@ impl Reconciler {
 
     async fn handle(self: Arc<Self>, event: Event) {
         let apps = match event {
-            Event::Released(app) | Event::Destroyed(app) => vec![app],
+            Event::Released(app)
+            | Event::Scaled(app)
+            | Event::DomainsChanged(app)
+            | Event::Restarted(app)
+            | Event::Destroyed(app) => vec![app],
             Event::Tick => match self.all_apps().await {
                 Ok(apps) => apps,
                 Err(e) => {
@@ -201,43 +214,69 @@ impl Reconciler {
 
         let Some((release, status)) = target else {
             // Destroyed, or nothing built yet: nothing may run.
-            self.set_ready(app, exists.then(Vec::new));
+            let hosts = self.hosts(app).await?;
+            self.set_route(app, exists.then(|| (hosts, Vec::new())));
             self.retire(containers).await;
             return Ok(());
         };
+        let formation = self.db.formation(app).await.map_err(|e| e.to_string())?;
+        let desired = desired_formation(&release, &formation);
+        let hosts = self.hosts(app).await?;
         let label = release.label();
-        let (current, stale): (Vec<Container>, Vec<Container>) =
-            containers.into_iter().partition(|c| {
-                c.running
-                    && c.labels.get(LABEL_RELEASE) == Some(&label)
-                    && c.labels.get(LABEL_PROCESS).map(String::as_str) == Some("web")
-            });
 
-        let mut backends = Vec::new();
-        for c in &current {
-            if let Some(addr) = backend_addr(c)
-                && accepts(addr).await
+        // Observe: the running instances of the target release, by process type.
+        let mut current: BTreeMap<String, Vec<Container>> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for c in containers {
+            let process = c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default();
+            if c.running
+                && c.labels.get(LABEL_RELEASE) == Some(&label)
+                && desired.contains_key(&process)
             {
-                backends.push(addr);
+                current.entry(process).or_default().push(c);
+            } else {
+                stale.push(c);
             }
         }
-        if backends.is_empty() && release.processes.contains_key("web") {
-            match self.start_web(&release).await {
-                Ok(addr) => backends.push(addr),
-                Err(e) => {
-                    if status == ReleaseStatus::Pending {
-                        self.db
-                            .set_release_status(app, release.version, ReleaseStatus::Failed)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        // The previous release, if any, is the target again: make sure it runs.
-                        let _ = self.again.send(Event::Released(app.clone()));
+
+        // Compare and act, process type by process type.
+        let mut backends = Vec::new();
+        for (process, want) in &desired {
+            let mut have = current.remove(process).unwrap_or_default();
+            if process == "web" {
+                let mut ready = Vec::new();
+                for c in have {
+                    match backend_addr(&c) {
+                        Some(addr) if accepts(addr).await => ready.push(c),
+                        _ => stale.push(c),
                     }
-                    return Err(format!("{label}: {e}"));
+                }
+                have = ready;
+            }
+            while have.len() > *want {
+                stale.extend(have.pop());
+            }
+            while have.len() < *want {
+                match self.start(&release, process).await {
+                    Ok(c) => have.push(c),
+                    Err(e) => {
+                        if status == ReleaseStatus::Pending && process == "web" {
+                            self.db
+                                .set_release_status(app, release.version, ReleaseStatus::Failed)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            // The previous release, if any, is the target again: make sure it runs.
+                            let _ = self.again.send(Event::Released(app.clone()));
+                        }
+                        return Err(format!("{label} {process}: {e}"));
+                    }
                 }
             }
+            if process == "web" {
+                backends = have.iter().filter_map(backend_addr).collect();
+            }
         }
-        self.set_ready(app, Some(backends));
+        self.set_route(app, Some((hosts, backends)));
         if status == ReleaseStatus::Pending {
             self.db
                 .set_release_status(app, release.version, ReleaseStatus::Deployed)
@@ -246,14 +285,6 @@ impl Reconciler {
             info!(app = %app, release = %label, "deploy: serving");
         }
         // Old instances leave the routes first, finish what they were doing, then stop.
-        let stale: Vec<Container> = stale
-            .into_iter()
-            .chain(
-                current
-                    .into_iter()
-                    .filter(|c| backend_addr(c).is_none_or(|a| !self.is_ready(app, a))),
-            )
-            .collect();
         if !stale.is_empty() {
             tokio::time::sleep(self.config.drain).await;
             self.retire(stale).await;
@@ -261,7 +292,16 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn start_web(&self, release: &Release) -> Result<SocketAddr, String> {
+    /// The host names the app answers to: `<app>.<domain>` and its custom domains.
+    async fn hosts(&self, app: &AppName) -> Result<Vec<String>, String> {
+        let mut hosts = vec![format!("{app}.{}", self.config.domain)];
+        hosts.extend(self.db.domains(app).await.map_err(|e| e.to_string())?);
+        Ok(hosts)
+    }
+
+    /// Starts one instance of `process`. A web instance gets `PORT` published and counts as
+    /// started only once it accepts connections.
+    async fn start(&self, release: &Release, process: &str) -> Result<Container, String> {
         let image = release.image.as_deref().ok_or("release has no image")?;
         self.engine
             .pull(image, &self.config.registry)
@@ -275,30 +315,37 @@ impl Reconciler {
         env.push(format!("PORT={APP_PORT}"));
         env.push(format!("SLIPWAY_APP={}", release.app));
         env.push(format!("SLIPWAY_RELEASE={}", release.label()));
-        env.push("SLIPWAY_PROCESS=web".to_owned());
-        let command = &release.processes["web"];
-        let suffix: u32 = rand::random();
+        env.push(format!("SLIPWAY_PROCESS={process}"));
+        let web = process == "web";
+        let cmd = match release.processes.get(process) {
+            Some(command) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
+            // A web process without a command runs the image's own (Dockerfile builds).
+            None => Vec::new(),
+        };
         let spec = ContainerSpec {
             name: format!(
-                "slipway-{}-{}-web-{}-{:08x}",
+                "slipway-{}-{}-{process}-{}-{:08x}",
                 short(&self.config.instance_id),
                 release.app,
                 release.label(),
-                suffix
+                rand::random::<u32>()
             ),
             image: image.to_owned(),
-            cmd: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+            cmd,
             env,
             labels: HashMap::from([
                 (LABEL_INSTANCE.to_owned(), self.config.instance_id.clone()),
                 (LABEL_APP.to_owned(), release.app.to_string()),
-                (LABEL_PROCESS.to_owned(), "web".to_owned()),
+                (LABEL_PROCESS.to_owned(), process.to_owned()),
                 (LABEL_RELEASE.to_owned(), release.label()),
             ]),
-            publish: Some(APP_PORT),
+            publish: web.then_some(APP_PORT),
             memory_bytes: None,
         };
         let container = self.engine.run(&spec).await.map_err(|e| e.to_string())?;
+        if !web {
+            return Ok(container);
+        }
         let Some(addr) = backend_addr(&container) else {
             self.retire(vec![container]).await;
             return Err("the instance has no network address".into());
@@ -306,7 +353,7 @@ impl Reconciler {
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         loop {
             if accepts(addr).await {
-                return Ok(addr);
+                return Ok(container);
             }
             let still_running = self
                 .engine
@@ -339,29 +386,45 @@ impl Reconciler {
         }
     }
 
-    fn is_ready(&self, app: &AppName, addr: SocketAddr) -> bool {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.get(app).is_some_and(|b| b.contains(&addr))
-    }
-
-    /// Sets the app's ready backends (`None` removes the app's route) and publishes the table.
-    fn set_ready(&self, app: &AppName, backends: Option<Vec<SocketAddr>>) {
+    /// Sets the app's host names and ready backends (`None` removes the app's routes) and
+    /// publishes the table when that changed anything.
+    fn set_route(&self, app: &AppName, route: Option<Served>) {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = match backends {
-            Some(b) => ready.insert(app.clone(), b.clone()) != Some(b),
+        let changed = match route {
+            Some(r) => ready.insert(app.clone(), r.clone()) != Some(r),
             None => ready.remove(app).is_some(),
         };
         if changed {
             let mut table = RouteTable::default();
-            for (app, backends) in ready.iter() {
-                table.insert(
-                    [format!("{app}.{}", self.config.domain)],
-                    AppRoute::new(app.clone(), backends.clone()),
-                );
+            for (app, (hosts, backends)) in ready.iter() {
+                table.insert(hosts.clone(), AppRoute::new(app.clone(), backends.clone()));
             }
             self.routes.publish(table);
         }
     }
+}
+
+/// How many instances of each process type should run: the formation's explicit quantities,
+/// else web=1 and 0 for the rest. Only types the release defines (and web, which may run the
+/// image's own command) are considered.
+pub fn desired_formation(
+    release: &Release,
+    formation: &BTreeMap<String, i64>,
+) -> BTreeMap<String, usize> {
+    let mut types: Vec<&String> = release.processes.keys().collect();
+    let web = "web".to_owned();
+    if !types.contains(&&web) && release.processes.is_empty() {
+        types.push(&web);
+    }
+    types
+        .into_iter()
+        .map(|t| {
+            let default = if t == "web" { 1 } else { 0 };
+            let n = formation.get(t).copied().unwrap_or(default).max(0) as usize;
+            (t.clone(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// The address the router uses: the container's bridge address, which skips Docker's proxy
@@ -379,4 +442,50 @@ async fn accepts(addr: SocketAddr) -> bool {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(processes: &[(&str, &str)]) -> Release {
+        Release {
+            app: "a".parse().unwrap(),
+            version: 1,
+            image: Some("img".into()),
+            config: Default::default(),
+            processes: processes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            commit: None,
+            description: String::new(),
+            created_by: "admin".into(),
+            created_at: 0,
+        }
+    }
+
+    fn check(processes: &[(&str, &str)], formation: &[(&str, i64)], expected: &[(&str, usize)]) {
+        let formation = formation.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let got = desired_formation(&release(processes), &formation);
+        let expected: BTreeMap<String, usize> =
+            expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_eq!(got, expected, "{processes:?} {formation:?}");
+    }
+
+    #[test]
+    fn formation_defaults_and_overrides() {
+        check(&[("web", "w"), ("worker", "x")], &[], &[("web", 1)]);
+        check(
+            &[("web", "w"), ("worker", "x")],
+            &[("worker", 2)],
+            &[("web", 1), ("worker", 2)],
+        );
+        check(&[("web", "w")], &[("web", 0)], &[]);
+        // Types the release does not define never run, whatever the formation says.
+        check(&[("web", "w")], &[("clock", 3)], &[("web", 1)]);
+        // An image with its own command and no Procfile runs as web.
+        check(&[], &[], &[("web", 1)]);
+        check(&[("worker", "x")], &[], &[]);
+    }
 }

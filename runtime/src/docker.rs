@@ -266,6 +266,22 @@ impl Engine for Docker {
         Ok((id, code))
     }
 
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<u8>, RuntimeError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.api.logs(id, Some(options));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(engine)?.into_bytes());
+        }
+        Ok(out)
+    }
+
     async fn download(&self, id: &str, path: &str, dest: &Path) -> Result<(), RuntimeError> {
         let options = DownloadFromContainerOptions {
             path: path.to_owned(),

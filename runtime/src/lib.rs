@@ -141,6 +141,10 @@ pub trait Engine: Send + Sync + 'static {
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<(String, i64), RuntimeError>;
 
+    /// The last `tail` lines a container wrote (stdout and stderr), each prefixed with its RFC 3339
+    /// timestamp.
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<u8>, RuntimeError>;
+
     /// A tar archive of `path` inside a (possibly stopped) container, written to `dest`.
     async fn download(
         &self,

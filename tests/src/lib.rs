@@ -178,6 +178,19 @@ impl Server {
             .current_dir(self.dir.path()))
     }
 
+    /// A `slipway` client command with exactly the environment given (no token unless passed).
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(slipway_bin());
+        cmd.args(args)
+            .env_remove("SLIPWAY_TOKEN")
+            .env("SLIPWAY_URL", format!("http://127.0.0.1:{}", self.api))
+            .current_dir(self.dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    }
+
     /// Like [`cli`](Server::cli), but asserts success and returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -230,9 +243,14 @@ impl Server {
 
     /// GET `/` on the router with `Host: <app>.slipway.localhost`; returns (status, body).
     pub fn http_get(&self, app: &str) -> (u16, String) {
+        self.http_get_host(&format!("{app}.slipway.localhost"))
+    }
+
+    /// GET `/` on the router with the given `Host`; returns (status, body).
+    pub fn http_get_host(&self, host: &str) -> (u16, String) {
         let out = run(Command::new("curl")
             .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
-            .arg(format!("Host: {app}.slipway.localhost"))
+            .arg(format!("Host: {host}"))
             .arg(format!("http://127.0.0.1:{}/", self.http)));
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));

@@ -1,0 +1,116 @@
+//! Operating a deployed app: custom domains, scaling, restarts, logs, rollback, and users with
+//! their own tokens and `slipway login`.
+
+use std::time::{Duration, Instant};
+
+use slipway_tests::{Server, git_repo, repo_root, text};
+
+#[test]
+fn operate_a_deployed_app() {
+    let server = Server::start();
+    server.push_stacks();
+    let key = server.keygen("ops-key");
+    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
+    server.cli_ok(&["apps:create", "ops"]);
+    let app = git_repo(
+        server.dir.path(),
+        "ops",
+        &repo_root().join("tests/fixtures/python-app"),
+    );
+    let push = server.git_push(&app, &key, "ops");
+    assert!(push.status.success(), "{}\n{}", text(&push), server.log());
+    server.wait_for_body("ops", "hello from ops v1", Duration::from_secs(30));
+
+    // A custom domain routes to the app; an unknown host gets the router's 404.
+    server.cli_ok(&["domains:add", "-a", "ops", "www.ops.test"]);
+    assert!(
+        server
+            .cli_ok(&["domains", "-a", "ops"])
+            .contains("www.ops.test")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.http_get_host("www.ops.test").0 != 200 {
+        assert!(Instant::now() < deadline, "www.ops.test never routed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(server.http_get_host("nothing.ops.test").0, 404);
+    let bad = server.cli(&["domains:add", "-a", "ops", "not a host"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("invalid domain"), "{}", text(&bad));
+    server.cli_ok(&["domains:remove", "-a", "ops", "www.ops.test"]);
+
+    // Scaling web to two instances runs two, both serving.
+    server.cli_ok(&["ps:scale", "-a", "ops", "web=2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = server.cli_ok(&["ps", "-a", "ops"]);
+        if ps.matches(" up ").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never two instances:\n{ps}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let bad = server.cli(&["ps:scale", "-a", "ops", "clock=1"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("no process type clock"),
+        "{}",
+        text(&bad)
+    );
+
+    // Logs carry the app's output, with the instance's process type.
+    let logs = server.cli_ok(&["logs", "-a", "ops", "-n", "50"]);
+    assert!(logs.contains("ops[web."), "{logs}");
+    assert!(logs.contains("listening on port 5000"), "{logs}");
+
+    // A config change, then a rollback to the release before it.
+    server.cli_ok(&["config:set", "-a", "ops", "GREETING=bonjour"]);
+    server.wait_for_body("ops", "bonjour from ops v2", Duration::from_secs(90));
+    let out = server.cli_ok(&["rollback", "-a", "ops"]);
+    assert!(out.contains("rollback to v1"), "{out}");
+    server.wait_for_body("ops", "hello from ops v3", Duration::from_secs(90));
+
+    // A restart replaces the instances and the app keeps its formation.
+    server.cli_ok(&["ps:restart", "-a", "ops"]);
+    server.wait_for_body("ops", "hello from ops v3", Duration::from_secs(60));
+
+    // Users: admin adds bob; bob's token works, sees no apps, and cannot touch admin's.
+    let added = server.cli_ok(&["users:add", "bob"]);
+    let bob_token = added
+        .lines()
+        .find_map(|l| l.strip_prefix("their API token (shown once): "))
+        .expect("users:add prints the token")
+        .to_owned();
+    let bob = |args: &[&str]| server.cli_env(args, &[("SLIPWAY_TOKEN", &bob_token)]);
+    assert!(bob(&["apps"]).status.success());
+    assert!(!text(&bob(&["apps"])).contains("ops"));
+    let denied = bob(&["config", "-a", "ops"]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("no access to app ops"),
+        "{}",
+        text(&denied)
+    );
+    let denied = bob(&["users:add", "eve"]);
+    assert!(text(&denied).contains("only admin"), "{}", text(&denied));
+
+    // `slipway login` saves a token; later commands need no SLIPWAY_TOKEN.
+    let config_home = server.dir.path().join("bob-config");
+    let config_home = config_home.to_str().unwrap();
+    let fresh = bob(&["tokens:create"]);
+    let fresh = String::from_utf8_lossy(&fresh.stdout).trim().to_owned();
+    let login = server.cli_env(
+        &["login", "--token", &fresh],
+        &[("XDG_CONFIG_HOME", config_home)],
+    );
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(text(&login).contains("as bob"), "{}", text(&login));
+    let apps = server.cli_env(&["apps"], &[("XDG_CONFIG_HOME", config_home)]);
+    assert!(apps.status.success(), "{}", text(&apps));
+    let no_token = server.cli_env(&["apps"], &[("XDG_CONFIG_HOME", "/nonexistent")]);
+    assert!(
+        text(&no_token).contains("no API token"),
+        "{}",
+        text(&no_token)
+    );
+}
