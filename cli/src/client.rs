@@ -570,3 +570,82 @@ pub(crate) async fn logs(api: &Api, app: &str, lines: usize, follow: bool) -> Re
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
+
+pub(crate) async fn access(api: &Api, app: &str) -> Result<()> {
+    let access = api.get(&format!("/v1/apps/{app}/access")).await?;
+    println!("{} (owner)", s(&access["owner"]));
+    for user in access["collaborators"].as_array().into_iter().flatten() {
+        println!("{}", s(user));
+    }
+    Ok(())
+}
+
+pub(crate) async fn access_add(api: &Api, app: &str, user: &str) -> Result<()> {
+    api.post(&format!("/v1/apps/{app}/access"), json!({ "user": user }))
+        .await?;
+    println!("{user} can now push and operate {app}");
+    Ok(())
+}
+
+pub(crate) async fn access_remove(api: &Api, app: &str, user: &str) -> Result<()> {
+    api.delete(&format!("/v1/apps/{app}/access/{user}")).await?;
+    println!("removed {user} from {app}");
+    Ok(())
+}
+
+pub(crate) async fn deploy(api: &Api, app: &str, image: &str) -> Result<()> {
+    let release = api
+        .post(&format!("/v1/apps/{app}/deploy"), json!({ "image": image }))
+        .await?;
+    println!(
+        "{}: v{}",
+        s(&release["description"]),
+        s(&release["version"])
+    );
+    Ok(())
+}
+
+/// Runs a one-off command and exits with its exit code.
+pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32> {
+    use std::io::Write;
+    let resp = api
+        .http
+        .post(format!("{}/v1/apps/{app}/run", api.base))
+        .bearer_auth(&api.token)
+        .json(&json!({ "command": command.join(" ") }))
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach the Slipway API at {}: {}",
+                api.base,
+                root_cause(&e)
+            )
+        })?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| format!("the API answered {status}"));
+        bail!("{msg}");
+    }
+    let mut resp = resp;
+    let mut pending = Vec::new();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = resp.chunk().await.context("reading the command's output")? {
+        pending.extend_from_slice(&chunk);
+        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let msg: Value =
+                serde_json::from_slice(&line).context("garbled output from the API")?;
+            if let Some(out) = msg["output"].as_str() {
+                let _ = stdout.write_all(out.as_bytes());
+                let _ = stdout.flush();
+            } else if let Some(code) = msg["exit"].as_i64() {
+                return Ok(code.clamp(0, 255) as i32);
+            }
+        }
+    }
+    bail!("the connection ended before the command finished")
+}

@@ -170,6 +170,39 @@ enum Command {
     TokensCreate,
     /// Save an API URL and token for later commands.
     Login,
+    /// List who may push and operate an app.
+    Access {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Let another user push and operate an app (owner only).
+    #[command(name = "access:add")]
+    AccessAdd {
+        user: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Take a collaborator off an app (owner only).
+    #[command(name = "access:remove")]
+    AccessRemove {
+        user: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Release a prebuilt image.
+    Deploy {
+        #[arg(long)]
+        image: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Run a one-off command in a container of the current release.
+    Run {
+        #[arg(short, long)]
+        app: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Internal: git hooks run by the SSH git server.
     #[command(hide = true)]
     Hook { name: String },
@@ -287,6 +320,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::UsersAdd { name } => client::users_add(&api()?, name).await,
         Command::TokensCreate => client::tokens_create(&api()?).await,
         Command::Login => client::login(cli.url.clone(), cli.token.clone()).await,
+        Command::Access { app } => {
+            client::access(&api()?, &client::resolve_app(app.clone())?).await
+        }
+        Command::AccessAdd { user, app } => {
+            client::access_add(&api()?, &client::resolve_app(app.clone())?, user).await
+        }
+        Command::AccessRemove { user, app } => {
+            client::access_remove(&api()?, &client::resolve_app(app.clone())?, user).await
+        }
+        Command::Deploy { image, app } => {
+            client::deploy(&api()?, &client::resolve_app(app.clone())?, image).await
+        }
+        Command::Run { app, command } => {
+            let code = client::run(&api()?, &client::resolve_app(app.clone())?, command).await?;
+            std::process::exit(code);
+        }
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use slipway_core::ports::AppAccess;
 use slipway_core::release::is_config_key;
 use slipway_core::{AppName, Fingerprint, Release, UserName, keys};
 
@@ -40,6 +41,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apps/{app}/formation", get(get_formation).patch(scale))
         .route("/v1/apps/{app}/restart", post(restart))
         .route("/v1/apps/{app}/logs", get(logs))
+        .route("/v1/apps/{app}/access", get(list_access).post(add_access))
+        .route("/v1/apps/{app}/access/{user}", delete(remove_access))
+        .route("/v1/apps/{app}/deploy", post(deploy_image))
+        .route("/v1/apps/{app}/run", post(run_oneoff))
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
@@ -71,17 +76,32 @@ fn app_name(raw: &str) -> Result<AppName> {
         .map_err(|e: slipway_core::NameError| ControllerError::BadRequest(e.to_string()))
 }
 
-/// The app, if `caller` may see it.
+/// The app, if `caller` may operate it (owner, collaborator or admin).
 async fn authorized_app(ctl: &Controller, caller: &UserName, raw: &str) -> Result<AppName> {
     let app = app_name(raw)?;
-    let row = ctl
+    match ctl.access(caller, &app).await? {
+        AppAccess::Allowed => Ok(app),
+        AppAccess::NoSuchApp => Err(ControllerError::NotFound(format!(
+            "app {app} does not exist"
+        ))),
+        AppAccess::Forbidden => Err(ControllerError::Forbidden(format!(
+            "you have no access to app {app}"
+        ))),
+    }
+}
+
+/// The app, if `caller` owns it (or is admin): for destroying it and managing its access.
+async fn owned_app(ctl: &Controller, caller: &UserName, raw: &str) -> Result<AppName> {
+    let app = authorized_app(ctl, caller, raw).await?;
+    let owner = ctl
         .db()
         .app(&app)
         .await?
-        .ok_or_else(|| ControllerError::NotFound(format!("app {app} does not exist")))?;
-    if row.owner != caller.as_str() && caller.as_str() != "admin" {
+        .map(|r| r.owner)
+        .unwrap_or_default();
+    if owner != caller.as_str() && caller.as_str() != "admin" {
         return Err(ControllerError::Forbidden(format!(
-            "you have no access to app {app}"
+            "only {owner}, the owner of {app}, can do that"
         )));
     }
     Ok(app)
@@ -182,13 +202,13 @@ fn app_out(ctl: &Controller, row: crate::db::AppRow, release: Option<ReleaseOut>
 }
 
 async fn list_apps(State(ctl): Ctl, caller: Caller) -> Result<Json<Vec<AppOut>>> {
-    let apps = ctl.db().apps().await?;
-    Ok(Json(
-        apps.into_iter()
-            .filter(|a| a.owner == caller.0.as_str() || caller.0.as_str() == "admin")
-            .map(|a| app_out(&ctl, a, None))
-            .collect(),
-    ))
+    let mut out = Vec::new();
+    for app in ctl.db().apps().await? {
+        if ctl.access(&caller.0, &app.name).await? == AppAccess::Allowed {
+            out.push(app_out(&ctl, app, None));
+        }
+    }
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]
@@ -237,7 +257,7 @@ async fn destroy_app(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<StatusCode> {
-    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let app = owned_app(&ctl, &caller.0, &raw).await?;
     ctl.db().delete_app(&app).await?;
     ctl.forget(&app).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -690,4 +710,206 @@ async fn logs(
         body = format!("{app} has no output yet\n");
     }
     Ok(body)
+}
+
+#[derive(Serialize)]
+struct AccessOut {
+    owner: String,
+    collaborators: Vec<String>,
+}
+
+async fn list_access(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<AccessOut>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let owner = ctl
+        .db()
+        .app(&app)
+        .await?
+        .map(|r| r.owner)
+        .unwrap_or_default();
+    Ok(Json(AccessOut {
+        owner,
+        collaborators: ctl.db().collaborators(&app).await?,
+    }))
+}
+
+#[derive(Deserialize)]
+struct AddAccess {
+    user: String,
+}
+
+fn user_name(raw: &str) -> Result<UserName> {
+    raw.parse()
+        .map_err(|e: slipway_core::NameError| ControllerError::BadRequest(e.to_string()))
+}
+
+async fn add_access(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<AddAccess>,
+) -> Result<StatusCode> {
+    let app = owned_app(&ctl, &caller.0, &raw).await?;
+    let user = user_name(&body.user)?;
+    if !ctl.db().add_collaborator(&app, &user).await? {
+        return Err(ControllerError::NotFound(format!("no user {user}")));
+    }
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_access(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path((raw, user)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let app = owned_app(&ctl, &caller.0, &raw).await?;
+    let user = user_name(&user)?;
+    if !ctl.db().remove_collaborator(&app, &user).await? {
+        return Err(ControllerError::NotFound(format!(
+            "{user} is not a collaborator on {app}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct DeployImage {
+    image: String,
+}
+
+/// A release of a prebuilt image from any registry the engine can reach. Its process types come
+/// from the current release when it has them, else the image's own command runs as web.
+async fn deploy_image(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<DeployImage>,
+) -> Result<Json<ReleaseOut>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let image = body.image.trim().to_owned();
+    let ok = !image.is_empty()
+        && image.len() <= 512
+        && !image.starts_with(['-', '/'])
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"./:@_-".contains(&b));
+    if !ok {
+        return Err(ControllerError::BadRequest(format!(
+            "invalid image reference {:?}: expected something like registry.example.com/team/app:1.2 or name@sha256:...",
+            body.image
+        )));
+    }
+    let release = ctl
+        .release(&app, |prev| NewRelease {
+            image: Some(image.clone()),
+            config: prev.map(|p| p.config.clone()).unwrap_or_default(),
+            processes: Default::default(),
+            commit: None,
+            description: format!("deploy image {image}"),
+            created_by: caller.0.to_string(),
+        })
+        .await?;
+    Ok(Json(ReleaseOut::from((release, ReleaseStatus::Pending))))
+}
+
+#[derive(Deserialize)]
+struct RunOneoff {
+    command: String,
+}
+
+/// Runs a one-off container of the current release. The answer streams newline-delimited
+/// JSON: `{"output": "..."}` as the command writes, then `{"exit": N}`.
+async fn run_oneoff(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<RunOneoff>,
+) -> Result<axum::response::Response> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    if body.command.trim().is_empty() {
+        return Err(ControllerError::BadRequest("give a command to run".into()));
+    }
+    let (release, _) = ctl.db().target_release(&app).await?.ok_or_else(|| {
+        ControllerError::BadRequest(format!("{app} has no release yet: git push first"))
+    })?;
+    let spec = slipway_runtime::BuildSpec {
+        name: format!(
+            "slipway-{}-{app}-run-{:08x}",
+            &ctl.instance_id()[..8.min(ctl.instance_id().len())],
+            rand::random::<u32>()
+        ),
+        image: release.image.clone().unwrap_or_default(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), body.command],
+        env: crate::reconciler::container_env(&release, "run"),
+        labels: std::collections::HashMap::from([
+            (
+                slipway_runtime::LABEL_INSTANCE.to_owned(),
+                ctl.instance_id().to_owned(),
+            ),
+            (LABEL_APP.to_owned(), app.to_string()),
+            (LABEL_PROCESS.to_owned(), "run".to_owned()),
+            (LABEL_RELEASE.to_owned(), release.label()),
+            (slipway_runtime::LABEL_ONEOFF.to_owned(), "true".to_owned()),
+        ]),
+        uploads: Vec::new(),
+        memory_bytes: 1 << 30,
+        nano_cpus: 1_000_000_000,
+        timeout: std::time::Duration::from_secs(3600),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<String, std::io::Error>>(64);
+    let ctl2 = ctl.clone();
+    let image = release.image.clone().unwrap_or_default();
+    tokio::spawn(async move {
+        let line = |v: serde_json::Value| format!("{v}\n");
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let engine = ctl2.engine_arc();
+        let pulled = engine.pull(&image, &ctl2.registry_auth()).await;
+        if let Err(e) = pulled {
+            let _ = tx
+                .send(Ok(line(serde_json::json!({"output": format!("{e}\n")}))))
+                .await;
+            let _ = tx.send(Ok(line(serde_json::json!({"exit": 1})))).await;
+            return;
+        }
+        let running = tokio::spawn(async move { engine.run_build(spec, out_tx).await });
+        while let Some(chunk) = out_rx.recv().await {
+            let text = String::from_utf8_lossy(&chunk).into_owned();
+            if tx
+                .send(Ok(line(serde_json::json!({ "output": text }))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let code = match running.await {
+            Ok(Ok((id, code))) => {
+                let _ = ctl2.engine().remove(&id, std::time::Duration::ZERO).await;
+                code
+            }
+            Ok(Err(e)) => {
+                let _ = tx
+                    .send(Ok(line(serde_json::json!({"output": format!("{e}\n")}))))
+                    .await;
+                1
+            }
+            Err(_) => 1,
+        };
+        let _ = tx.send(Ok(line(serde_json::json!({ "exit": code })))).await;
+    });
+    let stream = tokio_stream_from(rx);
+    axum::response::Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| ControllerError::Io(e.to_string()))
+}
+
+/// A stream over a channel's messages.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -31,6 +31,7 @@ type Result<T> = std::result::Result<T, DbError>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_domains_formation.sql")),
+    (3, include_str!("../migrations/0003_collaborators.sql")),
 ];
 
 /// A user's SSH key as listed.
@@ -275,6 +276,52 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         row.map(release_row).transpose()
+    }
+
+    /// The collaborators of `app`, by name.
+    pub async fn collaborators(&self, app: &AppName) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT u.name FROM collaborators c JOIN users u ON u.id = c.user_id \
+             JOIN apps a ON a.id = c.app_id WHERE a.name = ? ORDER BY u.name",
+        )
+        .bind(app.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Adds `user` as a collaborator on `app`; false when there is no such user.
+    pub async fn add_collaborator(&self, app: &AppName, user: &UserName) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO collaborators (app_id, user_id, created_at) \
+             SELECT a.id, u.id, ? FROM apps a, users u WHERE a.name = ? AND u.name = ?",
+        )
+        .bind(now())
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                DbError::Exists(format!("collaborator {user} on {app}"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes `user` from `app`'s collaborators; whether they were one.
+    pub async fn remove_collaborator(&self, app: &AppName, user: &UserName) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM collaborators WHERE app_id = (SELECT id FROM apps WHERE name = ?) \
+             AND user_id = (SELECT id FROM users WHERE name = ?)",
+        )
+        .bind(app.as_str())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Whether any user exists yet.

@@ -128,12 +128,49 @@ impl Controller {
         self.engine.as_ref()
     }
 
+    pub(crate) fn engine_arc(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
+    /// How the engine pulls release images from Slipway's registry.
+    pub(crate) fn registry_auth(&self) -> RegistryAuth {
+        RegistryAuth {
+            server: self.config.registry_addr.clone(),
+            username: "admin".to_owned(),
+            password: self.system_token.clone(),
+        }
+    }
+
     pub(crate) fn instance_id(&self) -> &str {
         &self.config.instance_id
     }
 
     pub(crate) fn notify(&self, event: Event) {
         self.reconciler.send(event);
+    }
+
+    /// What `user` may do with `app`: the owner, its collaborators and admin may do everything.
+    pub async fn access(
+        &self,
+        user: &UserName,
+        app: &AppName,
+    ) -> Result<AppAccess, ControllerError> {
+        let Some(row) = self.db.app(app).await? else {
+            return Ok(AppAccess::NoSuchApp);
+        };
+        if row.owner == user.as_str()
+            || user.as_str() == "admin"
+            || self
+                .db
+                .collaborators(app)
+                .await?
+                .iter()
+                .any(|c| c == user.as_str())
+        {
+            Ok(AppAccess::Allowed)
+        } else {
+            Ok(AppAccess::Forbidden)
+        }
     }
 
     /// Creates a user and returns their first API token.
@@ -231,14 +268,7 @@ impl Identity for Controller {
     }
 
     async fn app_access(&self, user: &UserName, app: &AppName) -> Result<AppAccess, PortError> {
-        // Owner and admin for now; collaborators come with issue #6.
-        Ok(match self.db.app(app).await.map_err(port)? {
-            None => AppAccess::NoSuchApp,
-            Some(row) if row.owner == user.as_str() || user.as_str() == "admin" => {
-                AppAccess::Allowed
-            }
-            Some(_) => AppAccess::Forbidden,
-        })
+        self.access(user, app).await.map_err(port)
     }
 }
 

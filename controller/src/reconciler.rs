@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use slipway_core::routes::{AppRoute, RouteTable, Routes};
 use slipway_core::{AppName, Release};
-use slipway_runtime::{Container, ContainerSpec, Engine, LABEL_INSTANCE, RegistryAuth};
+use slipway_runtime::{
+    Container, ContainerSpec, Engine, LABEL_INSTANCE, LABEL_ONEOFF, RegistryAuth,
+};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -211,6 +213,11 @@ impl Reconciler {
             ])
             .await
             .map_err(|e| e.to_string())?;
+        // One-off runs (`slipway run`) end on their own; only a destroyed app's are removed.
+        let containers: Vec<Container> = containers
+            .into_iter()
+            .filter(|c| !(exists && c.labels.contains_key(LABEL_ONEOFF)))
+            .collect();
 
         let Some((release, status)) = target else {
             // Destroyed, or nothing built yet: nothing may run.
@@ -307,15 +314,7 @@ impl Reconciler {
             .pull(image, &self.config.registry)
             .await
             .map_err(|e| e.to_string())?;
-        let mut env: Vec<String> = release
-            .config
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("PORT={APP_PORT}"));
-        env.push(format!("SLIPWAY_APP={}", release.app));
-        env.push(format!("SLIPWAY_RELEASE={}", release.label()));
-        env.push(format!("SLIPWAY_PROCESS={process}"));
+        let env = container_env(release, process);
         let web = process == "web";
         let cmd = match release.processes.get(process) {
             Some(command) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
@@ -402,6 +401,21 @@ impl Reconciler {
             self.routes.publish(table);
         }
     }
+}
+
+/// The environment of every container of `release` running `process`: the config vars, then
+/// the platform's own variables, which config cannot override.
+pub fn container_env(release: &Release, process: &str) -> Vec<String> {
+    let mut env: Vec<String> = release
+        .config
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("PORT={APP_PORT}"));
+    env.push(format!("SLIPWAY_APP={}", release.app));
+    env.push(format!("SLIPWAY_RELEASE={}", release.label()));
+    env.push(format!("SLIPWAY_PROCESS={process}"));
+    env
 }
 
 /// How many instances of each process type should run: the formation's explicit quantities,

@@ -71,25 +71,34 @@ impl Docker {
     }
 }
 
+/// The registry host of an image reference (`127.0.0.1:5000/apps/x@sha256:..` gives
+/// `127.0.0.1:5000`; `python:3` gives `docker.io`).
+fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
 #[async_trait]
 impl Engine for Docker {
     async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
         if self.api.inspect_image(image).await.is_ok() {
             return Ok(());
         }
-        let credentials = DockerCredentials {
+        // Credentials go only to the registry they belong to, never to one named in a user's
+        // image reference.
+        let credentials = (registry_of(image) == auth.server).then(|| DockerCredentials {
             username: Some(auth.username.clone()),
             password: Some(auth.password.clone()),
             serveraddress: Some(auth.server.clone()),
             ..Default::default()
-        };
+        });
         let options = CreateImageOptions {
             from_image: Some(image.to_owned()),
             ..Default::default()
         };
-        let mut progress = self
-            .api
-            .create_image(Some(options), None, Some(credentials));
+        let mut progress = self.api.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             step.map_err(|e| RuntimeError::Pull {
                 image: image.to_owned(),
@@ -300,5 +309,27 @@ impl Engine for Docker {
             .await
             .map_err(|e| RuntimeError::Engine(format!("writing {}: {e}", dest.display())))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry_of;
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(
+            registry_of("127.0.0.1:5000/apps/web@sha256:ab"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(registry_of("ghcr.io/org/app:1"), "ghcr.io");
+        assert_eq!(registry_of("localhost/app"), "localhost");
+        assert_eq!(registry_of("python:3"), "docker.io");
+        assert_eq!(registry_of("library/python"), "docker.io");
+        // A user's image naming a host that merely starts like ours is another registry.
+        assert_eq!(
+            registry_of("127.0.0.1:5000.evil.com/x"),
+            "127.0.0.1:5000.evil.com"
+        );
     }
 }

@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 /// The label every container and image Slipway makes carries: the server instance's id.
 pub const LABEL_INSTANCE: &str = "slipway.instance";
 
+/// The label that marks a one-off container (`slipway run`): the reconciler leaves it alone.
+pub const LABEL_ONEOFF: &str = "slipway.oneoff";
+
 /// Errors from the container engine.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

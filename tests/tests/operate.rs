@@ -74,6 +74,42 @@ fn operate_a_deployed_app() {
     server.cli_ok(&["ps:restart", "-a", "ops"]);
     server.wait_for_body("ops", "hello from ops v3", Duration::from_secs(60));
 
+    // One-off runs see the config and report the command's exit code.
+    let run = server.cli(&[
+        "run",
+        "-a",
+        "ops",
+        "--",
+        "echo",
+        "release=$SLIPWAY_RELEASE;",
+        "exit",
+        "3",
+    ]);
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run));
+    assert!(text(&run).contains("release=v3"), "{}", text(&run));
+    // ... and the reconciler leaves them alone: the app still runs two web instances.
+    assert_eq!(
+        server.cli_ok(&["ps", "-a", "ops"]).matches(" up ").count(),
+        2
+    );
+
+    // A prebuilt image (here: the current release's own) deploys with its own command.
+    let info = server.cli_ok(&["apps:info", "-a", "ops"]);
+    let image = info
+        .lines()
+        .find_map(|l| l.strip_prefix("image    "))
+        .expect("apps:info shows the image")
+        .trim()
+        .to_owned();
+    server.cli_ok(&["deploy", "-a", "ops", "--image", &image]);
+    server.wait_for_body("ops", "hello from ops v4", Duration::from_secs(90));
+    let bad = server.cli(&["deploy", "-a", "ops", "--image", "bad image; rm -rf /"]);
+    assert!(
+        text(&bad).contains("invalid image reference"),
+        "{}",
+        text(&bad)
+    );
+
     // Users: admin adds bob; bob's token works, sees no apps, and cannot touch admin's.
     let added = server.cli_ok(&["users:add", "bob"]);
     let bob_token = added
@@ -93,6 +129,21 @@ fn operate_a_deployed_app() {
     );
     let denied = bob(&["users:add", "eve"]);
     assert!(text(&denied).contains("only admin"), "{}", text(&denied));
+
+    // As a collaborator, bob can operate the app but not destroy it.
+    server.cli_ok(&["access:add", "-a", "ops", "bob"]);
+    assert!(server.cli_ok(&["access", "-a", "ops"]).contains("bob"));
+    let config = bob(&["config", "-a", "ops"]);
+    assert!(config.status.success(), "{}", text(&config));
+    assert!(text(&bob(&["apps"])).contains("ops"));
+    let destroy = bob(&["apps:destroy", "ops", "--confirm", "ops"]);
+    assert!(
+        text(&destroy).contains("only admin, the owner of ops"),
+        "{}",
+        text(&destroy)
+    );
+    server.cli_ok(&["access:remove", "-a", "ops", "bob"]);
+    assert!(!bob(&["config", "-a", "ops"]).status.success());
 
     // `slipway login` saves a token; later commands need no SLIPWAY_TOKEN.
     let config_home = server.dir.path().join("bob-config");
