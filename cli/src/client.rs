@@ -161,6 +161,13 @@ impl Api {
             .unwrap_or(Value::Null))
     }
 
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Result<Value> {
+        Ok(self
+            .call(Method::PUT, path, Some(body))
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
     pub(crate) async fn patch(&self, path: &str, body: Value) -> Result<Value> {
         Ok(self
             .call(Method::PATCH, path, Some(body))
@@ -648,4 +655,17 @@ pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32>
         }
     }
     bail!("the connection ended before the command finished")
+}
+
+pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
+    api.put(
+        &format!("/v1/apps/{app}/maintenance"),
+        json!({ "maintenance": on }),
+    )
+    .await?;
+    println!(
+        "maintenance mode {} for {app}",
+        if on { "on" } else { "off" }
+    );
+    Ok(())
 }

@@ -203,6 +203,18 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Answer the app's traffic with a 503 maintenance page.
+    #[command(name = "maintenance:on")]
+    MaintenanceOn {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Serve the app's traffic again.
+    #[command(name = "maintenance:off")]
+    MaintenanceOff {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
     /// Internal: git hooks run by the SSH git server.
     #[command(hide = true)]
     Hook { name: String },
@@ -335,6 +347,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { app, command } => {
             let code = client::run(&api()?, &client::resolve_app(app.clone())?, command).await?;
             std::process::exit(code);
+        }
+        Command::MaintenanceOn { app } => {
+            client::maintenance(&api()?, &client::resolve_app(app.clone())?, true).await
+        }
+        Command::MaintenanceOff { app } => {
+            client::maintenance(&api()?, &client::resolve_app(app.clone())?, false).await
         }
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }

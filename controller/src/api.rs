@@ -45,6 +45,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apps/{app}/access/{user}", delete(remove_access))
         .route("/v1/apps/{app}/deploy", post(deploy_image))
         .route("/v1/apps/{app}/run", post(run_oneoff))
+        .route(
+            "/v1/apps/{app}/maintenance",
+            get(get_maintenance).put(set_maintenance),
+        )
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
@@ -912,4 +916,32 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Maintenance {
+    maintenance: bool,
+}
+
+async fn get_maintenance(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Maintenance>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    Ok(Json(Maintenance {
+        maintenance: ctl.db().maintenance(&app).await?,
+    }))
+}
+
+async fn set_maintenance(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<Maintenance>,
+) -> Result<Json<Maintenance>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    ctl.db().set_maintenance(&app, body.maintenance).await?;
+    ctl.notify(Event::MaintenanceChanged(app));
+    Ok(Json(body))
 }

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_domains_formation.sql")),
     (3, include_str!("../migrations/0003_collaborators.sql")),
+    (4, include_str!("../migrations/0004_maintenance.sql")),
 ];
 
 /// A user's SSH key as listed.
@@ -322,6 +323,28 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether `app` is in maintenance mode.
+    pub async fn maintenance(&self, app: &AppName) -> Result<bool> {
+        let row = sqlx::query("SELECT maintenance FROM apps WHERE name = ?")
+            .bind(app.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>(0)? != 0,
+            None => false,
+        })
+    }
+
+    /// Turns maintenance mode on or off.
+    pub async fn set_maintenance(&self, app: &AppName, on: bool) -> Result<()> {
+        sqlx::query("UPDATE apps SET maintenance = ? WHERE name = ?")
+            .bind(i64::from(on))
+            .bind(app.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Whether any user exists yet.

@@ -46,6 +46,8 @@ pub enum Event {
     DomainsChanged(AppName),
     /// The app's instances were removed for a restart.
     Restarted(AppName),
+    /// The app's maintenance mode was turned on or off.
+    MaintenanceChanged(AppName),
     /// The app was destroyed.
     Destroyed(AppName),
     /// Periodic check of every app: replaces crashed instances, and at start brings every app
@@ -53,8 +55,16 @@ pub enum Event {
     Tick,
 }
 
-/// An app's host names and the addresses of its ready web instances.
-type Served = (Vec<String>, Vec<SocketAddr>);
+/// How the router should serve one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Served {
+    /// `<app>.<domain>` and the app's custom domains.
+    hosts: Vec<String>,
+    /// Ready web instances.
+    backends: Vec<SocketAddr>,
+    /// Maintenance mode: the router answers 503 instead.
+    maintenance: bool,
+}
 
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
@@ -136,6 +146,7 @@ impl Reconciler {
             | Event::Scaled(app)
             | Event::DomainsChanged(app)
             | Event::Restarted(app)
+            | Event::MaintenanceChanged(app)
             | Event::Destroyed(app) => vec![app],
             Event::Tick => match self.all_apps().await {
                 Ok(apps) => apps,
@@ -221,14 +232,17 @@ impl Reconciler {
 
         let Some((release, status)) = target else {
             // Destroyed, or nothing built yet: nothing may run.
-            let hosts = self.hosts(app).await?;
-            self.set_route(app, exists.then(|| (hosts, Vec::new())));
+            let route = if exists {
+                Some(self.served(app, Vec::new()).await?)
+            } else {
+                None
+            };
+            self.set_route(app, route);
             self.retire(containers).await;
             return Ok(());
         };
         let formation = self.db.formation(app).await.map_err(|e| e.to_string())?;
         let desired = desired_formation(&release, &formation);
-        let hosts = self.hosts(app).await?;
         let label = release.label();
 
         // Observe: the running instances of the target release, by process type.
@@ -283,7 +297,8 @@ impl Reconciler {
                 backends = have.iter().filter_map(backend_addr).collect();
             }
         }
-        self.set_route(app, Some((hosts, backends)));
+        let route = self.served(app, backends).await?;
+        self.set_route(app, Some(route));
         if status == ReleaseStatus::Pending {
             self.db
                 .set_release_status(app, release.version, ReleaseStatus::Deployed)
@@ -299,11 +314,17 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The host names the app answers to: `<app>.<domain>` and its custom domains.
-    async fn hosts(&self, app: &AppName) -> Result<Vec<String>, String> {
+    /// How to serve `app` with `backends`: its host names (`<app>.<domain>` and its custom
+    /// domains) and whether it is in maintenance mode.
+    async fn served(&self, app: &AppName, backends: Vec<SocketAddr>) -> Result<Served, String> {
         let mut hosts = vec![format!("{app}.{}", self.config.domain)];
         hosts.extend(self.db.domains(app).await.map_err(|e| e.to_string())?);
-        Ok(hosts)
+        let maintenance = self.db.maintenance(app).await.map_err(|e| e.to_string())?;
+        Ok(Served {
+            hosts,
+            backends,
+            maintenance,
+        })
     }
 
     /// Starts one instance of `process`. A web instance gets `PORT` published and counts as
@@ -395,8 +416,12 @@ impl Reconciler {
         };
         if changed {
             let mut table = RouteTable::default();
-            for (app, (hosts, backends)) in ready.iter() {
-                table.insert(hosts.clone(), AppRoute::new(app.clone(), backends.clone()));
+            for (app, served) in ready.iter() {
+                table.insert(
+                    served.hosts.clone(),
+                    AppRoute::new(app.clone(), served.backends.clone())
+                        .with_maintenance(served.maintenance),
+                );
             }
             self.routes.publish(table);
         }

@@ -21,6 +21,8 @@ pub struct AppRoute {
     pub app: AppName,
     /// Addresses of ready web instances. Empty means the app has no instance ready (503).
     pub backends: Vec<SocketAddr>,
+    /// In maintenance mode the router answers 503 with a maintenance page instead.
+    pub maintenance: bool,
     next: AtomicUsize,
 }
 
@@ -30,8 +32,15 @@ impl AppRoute {
         AppRoute {
             app,
             backends,
+            maintenance: false,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same route, in or out of maintenance mode.
+    pub fn with_maintenance(mut self, on: bool) -> Self {
+        self.maintenance = on;
+        self
     }
 
     /// The next backend in round-robin order, or none when no instance is ready.

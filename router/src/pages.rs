@@ -15,6 +15,8 @@ pub(crate) enum Failure {
     NoRoute,
     /// The app is routed but has no ready instance, e.g. scaled to zero or still deploying.
     NoBackend,
+    /// The app is in maintenance mode (`slipway maintenance:on`).
+    Maintenance,
     /// No connection could be made to any of the app's instances.
     UpstreamConnect,
     /// An instance did not answer in time.
@@ -57,7 +59,7 @@ impl Failure {
     pub(crate) fn status(self) -> u16 {
         match self {
             Failure::NoRoute => 404,
-            Failure::NoBackend => 503,
+            Failure::NoBackend | Failure::Maintenance => 503,
             Failure::UpstreamConnect | Failure::UpstreamFailed => 502,
             Failure::UpstreamTimeout => 504,
             Failure::BadRequest(status) => status,
@@ -70,6 +72,7 @@ impl Failure {
         match self {
             Failure::NoRoute => "no_route",
             Failure::NoBackend => "no_backend",
+            Failure::Maintenance => "maintenance",
             Failure::UpstreamConnect => "upstream_connect",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::UpstreamFailed => "upstream_failed",
@@ -84,6 +87,9 @@ impl Failure {
         match self {
             Failure::NoRoute => format!("no app is served at {host}"),
             Failure::NoBackend => format!("no instance of {app} is ready"),
+            Failure::Maintenance => {
+                format!("{app} is down for maintenance; please try again later")
+            }
             Failure::UpstreamConnect => format!("no instance of {app} could be reached"),
             Failure::UpstreamTimeout => format!("{app} did not answer in time"),
             Failure::UpstreamFailed => {

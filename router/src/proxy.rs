@@ -5,7 +5,8 @@
 //!
 //! - `request_filter`: reads the host, settles the request id, looks the host up in the current
 //!   route-table snapshot and picks a backend. An unknown host is answered 404 (`no_route`) and
-//!   an app without a ready instance 503 (`no_backend`) right here, before any upstream work.
+//!   an app without a ready instance 503 (`no_backend`), or in maintenance mode 503
+//!   (`maintenance`), right here, before any upstream work.
 //! - `upstream_peer`: turns the chosen backend into a plain HTTP/1.1 [`HttpPeer`]; pingora keeps
 //!   its connections in a keep-alive pool. On a retry it moves on to the app's next backend.
 //! - `fail_to_connect`: a failed connect has sent nothing yet, so it is retried on the app's
@@ -122,6 +123,11 @@ impl ProxyHttp for Router {
             respond(session, ctx, Failure::NoRoute).await?;
             return Ok(true);
         };
+        if route.maintenance {
+            ctx.route = Some(route);
+            respond(session, ctx, Failure::Maintenance).await?;
+            return Ok(true);
+        }
         ctx.backend = route.pick();
         ctx.route = Some(route);
         if ctx.backend.is_none() {

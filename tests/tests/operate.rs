@@ -39,6 +39,23 @@ fn operate_a_deployed_app() {
     assert!(text(&bad).contains("invalid domain"), "{}", text(&bad));
     server.cli_ok(&["domains:remove", "-a", "ops", "www.ops.test"]);
 
+    // Maintenance mode answers 503 with a page that says so, until it is turned off.
+    server.cli_ok(&["maintenance:on", "-a", "ops"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = server.http_get("ops");
+        if code == 503 && body.contains("maintenance") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never in maintenance: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.cli_ok(&["maintenance:off", "-a", "ops"]);
+    server.wait_for_body("ops", "hello from ops v1", Duration::from_secs(30));
+
     // Scaling web to two instances runs two, both serving.
     server.cli_ok(&["ps:scale", "-a", "ops", "web=2"]);
     let deadline = Instant::now() + Duration::from_secs(60);
