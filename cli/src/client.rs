@@ -194,6 +194,15 @@ pub(crate) fn resolve_app(flag: Option<String>) -> Result<String> {
     if let Some(app) = flag {
         return Ok(app);
     }
+    remote_app().ok_or_else(|| {
+        anyhow!(
+            "no app given: use -a APP, or run inside a git repository with a remote named slipway"
+        )
+    })
+}
+
+/// The app named by the git remote `slipway` in the current repository, if any.
+pub(crate) fn remote_app() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["remote", "get-url", "slipway"])
         .output();
@@ -204,10 +213,10 @@ pub(crate) fn resolve_app(flag: Option<String>) -> Result<String> {
         let last = url.rsplit(['/', ':']).next().unwrap_or("");
         let name = last.strip_suffix(".git").unwrap_or(last);
         if !name.is_empty() {
-            return Ok(name.to_owned());
+            return Some(name.to_owned());
         }
     }
-    bail!("no app given: use -a APP, or run inside a git repository with a remote named slipway")
+    None
 }
 
 fn s(v: &Value) -> String {
@@ -668,4 +677,63 @@ pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
         if on { "on" } else { "off" }
     );
     Ok(())
+}
+
+pub(crate) async fn events(api: &Api, app: Option<&str>) -> Result<()> {
+    let path = match app {
+        Some(app) => format!("/v1/events?app={app}"),
+        None => "/v1/events".to_owned(),
+    };
+    let list = api.get(&path).await?;
+    let rows = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    vec![
+                        utc(e["created_at"].as_i64().unwrap_or(0)),
+                        s(&e["app"]),
+                        s(&e["kind"]),
+                        s(&e["actor"]),
+                        s(&e["detail"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["TIME", "APP", "KIND", "BY", "WHAT"], rows);
+    Ok(())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC.
+fn utc(secs: i64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
 }

@@ -215,6 +215,11 @@ enum Command {
         #[arg(short, long)]
         app: Option<String>,
     },
+    /// The audit log: deploys, crashes, scaling, config, keys and access changes.
+    Events {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
     /// Internal: git hooks run by the SSH git server.
     #[command(hide = true)]
     Hook { name: String },
@@ -353,6 +358,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::MaintenanceOff { app } => {
             client::maintenance(&api()?, &client::resolve_app(app.clone())?, false).await
+        }
+        Command::Events { app } => {
+            let app = app.clone().or_else(client::remote_app);
+            client::events(&api()?, app.as_deref()).await
         }
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }

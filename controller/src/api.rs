@@ -49,6 +49,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/v1/apps/{app}/maintenance",
             get(get_maintenance).put(set_maintenance),
         )
+        .route("/v1/events", get(list_events))
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
@@ -162,6 +163,13 @@ async fn add_key(
     ctl.db()
         .add_key(&caller.0, &key.fingerprint, &key.canonical, &key.comment)
         .await?;
+    ctl.record(
+        None,
+        "key",
+        caller.0.as_str(),
+        &format!("added key {}", key.fingerprint),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(AddedKey {
@@ -179,6 +187,8 @@ async fn remove_key(
         .parse()
         .map_err(|e: slipway_core::NameError| ControllerError::BadRequest(e.to_string()))?;
     if ctl.db().remove_key(&caller.0, &fp).await? {
+        ctl.record(None, "key", caller.0.as_str(), &format!("removed key {fp}"))
+            .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ControllerError::NotFound(format!("you have no key {fp}")))
@@ -227,6 +237,13 @@ async fn create_app(
 ) -> Result<(StatusCode, Json<AppOut>)> {
     let app = app_name(&body.name)?;
     ctl.db().create_app(&app, &caller.0).await?;
+    ctl.record(
+        Some(&app),
+        "app",
+        caller.0.as_str(),
+        &format!("created {app}"),
+    )
+    .await;
     let row = ctl
         .db()
         .app(&app)
@@ -263,6 +280,13 @@ async fn destroy_app(
 ) -> Result<StatusCode> {
     let app = owned_app(&ctl, &caller.0, &raw).await?;
     ctl.db().delete_app(&app).await?;
+    ctl.record(
+        Some(&app),
+        "app",
+        caller.0.as_str(),
+        &format!("destroyed {app}"),
+    )
+    .await;
     ctl.forget(&app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -529,6 +553,13 @@ async fn add_domain(
         )));
     }
     ctl.db().add_domain(&app, &host).await?;
+    ctl.record(
+        Some(&app),
+        "domain",
+        caller.0.as_str(),
+        &format!("added {host}"),
+    )
+    .await;
     ctl.notify(Event::DomainsChanged(app));
     Ok(StatusCode::CREATED)
 }
@@ -545,6 +576,13 @@ async fn remove_domain(
             "{app} has no domain {host}"
         )));
     }
+    ctl.record(
+        Some(&app),
+        "domain",
+        caller.0.as_str(),
+        &format!("removed {host}"),
+    )
+    .await;
     ctl.notify(Event::DomainsChanged(app));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -640,6 +678,9 @@ async fn scale(
         }
     }
     ctl.db().scale(&app, &body).await?;
+    let summary: Vec<String> = body.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    ctl.record(Some(&app), "scale", caller.0.as_str(), &summary.join(" "))
+        .await;
     ctl.notify(Event::Scaled(app.clone()));
     let formation = ctl.db().formation(&app).await?;
     Ok(Json(
@@ -671,6 +712,12 @@ async fn restart(
                 .map_err(|e| ControllerError::Io(e.to_string()))?;
         }
     }
+    let detail = format!(
+        "restarted {}",
+        process.as_deref().unwrap_or("all instances")
+    );
+    ctl.record(Some(&app), "restart", caller.0.as_str(), &detail)
+        .await;
     ctl.notify(Event::Restarted(app));
     Ok(StatusCode::ACCEPTED)
 }
@@ -761,6 +808,13 @@ async fn add_access(
     if !ctl.db().add_collaborator(&app, &user).await? {
         return Err(ControllerError::NotFound(format!("no user {user}")));
     }
+    ctl.record(
+        Some(&app),
+        "access",
+        caller.0.as_str(),
+        &format!("added {user}"),
+    )
+    .await;
     Ok(StatusCode::CREATED)
 }
 
@@ -776,6 +830,13 @@ async fn remove_access(
             "{user} is not a collaborator on {app}"
         )));
     }
+    ctl.record(
+        Some(&app),
+        "access",
+        caller.0.as_str(),
+        &format!("removed {user}"),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -942,6 +1003,61 @@ async fn set_maintenance(
 ) -> Result<Json<Maintenance>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     ctl.db().set_maintenance(&app, body.maintenance).await?;
+    let detail = if body.maintenance {
+        "maintenance on"
+    } else {
+        "maintenance off"
+    };
+    ctl.record(Some(&app), "maintenance", caller.0.as_str(), detail)
+        .await;
     ctl.notify(Event::MaintenanceChanged(app));
     Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    app: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct EventOut {
+    app: Option<String>,
+    kind: String,
+    actor: String,
+    detail: String,
+    created_at: i64,
+}
+
+/// The audit log: of one app (for whoever may operate it), else the caller's own actions (all
+/// of them for admin).
+async fn list_events(
+    State(ctl): Ctl,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<EventOut>>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = match &q.app {
+        Some(raw) => {
+            let app = authorized_app(&ctl, &caller.0, raw).await?;
+            ctl.db().events(Some(&app), None, limit).await?
+        }
+        None if caller.0.as_str() == "admin" => ctl.db().events(None, None, limit).await?,
+        None => {
+            ctl.db()
+                .events(None, Some(caller.0.as_str()), limit)
+                .await?
+        }
+    };
+    Ok(Json(
+        rows.into_iter()
+            .map(|e| EventOut {
+                app: e.app,
+                kind: e.kind,
+                actor: e.actor,
+                detail: e.detail,
+                created_at: e.created_at,
+            })
+            .collect(),
+    ))
 }

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_domains_formation.sql")),
     (3, include_str!("../migrations/0003_collaborators.sql")),
     (4, include_str!("../migrations/0004_maintenance.sql")),
+    (5, include_str!("../migrations/0005_events.sql")),
 ];
 
 /// A user's SSH key as listed.
@@ -55,6 +56,21 @@ pub struct AppRow {
     pub name: AppName,
     /// Its owner.
     pub owner: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// The app it concerns, if any.
+    pub app: Option<String>,
+    /// What kind of thing happened: `release`, `deploy`, `crash`, `scale`, `key`, ...
+    pub kind: String,
+    /// Who did it (`slipway` for the platform itself).
+    pub actor: String,
+    /// What happened, for people.
+    pub detail: String,
     /// Seconds since the epoch.
     pub created_at: i64,
 }
@@ -345,6 +361,62 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Appends to the audit log.
+    pub async fn add_event(
+        &self,
+        app: Option<&AppName>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (app, kind, actor, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(app.map(AppName::as_str))
+        .bind(kind)
+        .bind(actor)
+        .bind(detail)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events, oldest first: of one app, or of one actor, or all.
+    pub async fn events(
+        &self,
+        app: Option<&AppName>,
+        actor: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT app, kind, actor, detail, created_at FROM events \
+             WHERE (? IS NULL OR app = ?) AND (? IS NULL OR actor = ?) \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(app.map(AppName::as_str))
+        .bind(app.map(AppName::as_str))
+        .bind(actor)
+        .bind(actor)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                Ok(EventRow {
+                    app: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    detail: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Whether any user exists yet.

@@ -195,6 +195,19 @@ impl Controller {
         Ok(self.db.user_by_token_hash(&hash_token(token)).await?)
     }
 
+    /// Appends to the audit log. A failure to record is logged, never fails the action itself.
+    pub(crate) async fn record(
+        &self,
+        app: Option<&AppName>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) {
+        if let Err(e) = self.db.add_event(app, kind, actor, detail).await {
+            tracing::warn!("events: recording {kind}: {e}");
+        }
+    }
+
     /// Records a release made from the latest one by `change`, and rolls it out.
     pub(crate) async fn release(
         &self,
@@ -202,6 +215,13 @@ impl Controller {
         change: impl FnOnce(Option<&Release>) -> NewRelease,
     ) -> Result<Release, ControllerError> {
         let release = self.db.add_release(app, change).await?;
+        self.record(
+            Some(app),
+            "release",
+            &release.created_by,
+            &format!("{}: {}", release.label(), release.description),
+        )
+        .await;
         self.reconciler.send(Event::Released(app.clone()));
         Ok(release)
     }

@@ -250,6 +250,14 @@ impl Reconciler {
         let mut stale = Vec::new();
         for c in containers {
             let process = c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default();
+            if !c.running && c.labels.get(LABEL_RELEASE) == Some(&label) {
+                self.event(
+                    app,
+                    "crash",
+                    &format!("{process} instance {} exited; replacing it", c.name),
+                )
+                .await;
+            }
             if c.running
                 && c.labels.get(LABEL_RELEASE) == Some(&label)
                 && desired.contains_key(&process)
@@ -281,6 +289,12 @@ impl Reconciler {
                 match self.start(&release, process).await {
                     Ok(c) => have.push(c),
                     Err(e) => {
+                        self.event(
+                            app,
+                            "deploy",
+                            &format!("{label} {process} did not start: {e}"),
+                        )
+                        .await;
                         if status == ReleaseStatus::Pending && process == "web" {
                             self.db
                                 .set_release_status(app, release.version, ReleaseStatus::Failed)
@@ -305,6 +319,8 @@ impl Reconciler {
                 .await
                 .map_err(|e| e.to_string())?;
             info!(app = %app, release = %label, "deploy: serving");
+            self.event(app, "deploy", &format!("{label} is serving"))
+                .await;
         }
         // Old instances leave the routes first, finish what they were doing, then stop.
         if !stale.is_empty() {
@@ -395,6 +411,12 @@ impl Reconciler {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn event(&self, app: &AppName, kind: &str, detail: &str) {
+        if let Err(e) = self.db.add_event(Some(app), kind, "slipway", detail).await {
+            warn!("events: recording {kind}: {e}");
         }
     }
 

@@ -134,6 +134,9 @@ fn git_push_deploys() {
         .args(["kill"])
         .args(killed.split_whitespace()));
     server.wait_for_body("pyapp", "changed from pyapp v3", Duration::from_secs(60));
+    let events = server.cli_ok(&["events", "-a", "pyapp"]);
+    assert!(events.contains("crash"), "{events}");
+    assert!(events.contains("v2: deploy"), "{events}");
 
     // After the server itself dies and restarts, the app is served again without anyone acting.
     server.kill_and_restart();

@@ -75,6 +75,12 @@ fn operate_a_deployed_app() {
         text(&bad)
     );
 
+    let events = server.cli_ok(&["events", "-a", "ops"]);
+    assert!(
+        events.contains("web=2") && events.contains("maintenance on"),
+        "{events}"
+    );
+
     // Logs carry the app's output, with the instance's process type.
     let logs = server.cli_ok(&["logs", "-a", "ops", "-n", "50"]);
     assert!(logs.contains("ops[web."), "{logs}");
