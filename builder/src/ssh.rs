@@ -136,6 +136,7 @@ impl russh::server::Server for Server {
             shared: self.shared.clone(),
             peer,
             user: None,
+            deploy_key_app: None,
             stdin: HashMap::new(),
             git_protocol: HashMap::new(),
         }
@@ -147,6 +148,8 @@ struct Connection {
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
     user: Option<UserName>,
+    /// When the client authenticated with a deploy key: the one app it may touch.
+    deploy_key_app: Option<AppName>,
     /// Where the client's data for each running command goes.
     stdin: HashMap<ChannelId, mpsc::Sender<Bytes>>,
     /// `GIT_PROTOCOL`, the one environment variable passed on to git.
@@ -172,10 +175,11 @@ impl russh::server::Handler for Connection {
         let Ok(fp) = fp.parse() else {
             return Ok(Auth::reject());
         };
-        match self.shared.identity.user_by_fingerprint(&fp).await {
-            Ok(Some(user)) => {
-                debug!(peer = ?self.peer, %user, "ssh: authenticated with {fp}");
-                self.user = Some(user);
+        match self.shared.identity.key_owner(&fp).await {
+            Ok(Some(owner)) => {
+                debug!(peer = ?self.peer, user = %owner.user, "ssh: authenticated with {fp}");
+                self.user = Some(owner.user);
+                self.deploy_key_app = owner.app;
                 Ok(Auth::Accept)
             }
             Ok(None) => {
@@ -254,6 +258,12 @@ impl russh::server::Handler for Connection {
             Ok(parsed) => parsed,
             Err(e) => return refuse(channel, session, &e.to_string()).await,
         };
+        if let Some(only) = &self.deploy_key_app
+            && *only != app
+        {
+            let msg = format!("this deploy key can only push app {only}");
+            return refuse(channel, session, &msg).await;
+        }
         match self.shared.identity.app_access(&user, &app).await {
             Ok(AppAccess::Allowed) => {}
             Ok(AppAccess::NoSuchApp) => {

@@ -255,20 +255,23 @@ pub(crate) async fn keys(api: &Api) -> Result<()> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|k| vec![s(&k["fingerprint"]), s(&k["comment"])])
+                .map(|k| vec![s(&k["fingerprint"]), s(&k["app"]), s(&k["comment"])])
                 .collect()
         })
         .unwrap_or_default();
-    table(&["FINGERPRINT", "COMMENT"], rows);
+    table(&["FINGERPRINT", "APP", "COMMENT"], rows);
     Ok(())
 }
 
-pub(crate) async fn keys_add(api: &Api, path: &str) -> Result<()> {
+pub(crate) async fn keys_add(api: &Api, path: &str, app: Option<&str>) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let added = api
-        .post("/v1/keys", json!({ "public_key": text.trim() }))
+        .post("/v1/keys", json!({ "public_key": text.trim(), "app": app }))
         .await?;
-    println!("added key {}", s(&added["fingerprint"]));
+    match app {
+        Some(app) => println!("added deploy key {} for {app}", s(&added["fingerprint"])),
+        None => println!("added key {}", s(&added["fingerprint"])),
+    }
     Ok(())
 }
 

@@ -58,7 +58,12 @@ enum Command {
     Keys,
     /// Add an SSH public key.
     #[command(name = "keys:add")]
-    KeysAdd { path: String },
+    KeysAdd {
+        path: String,
+        /// Make a deploy key that can push this app only.
+        #[arg(long)]
+        app: Option<String>,
+    },
     /// Remove an SSH key by fingerprint.
     #[command(name = "keys:remove")]
     KeysRemove { fingerprint: String },
@@ -280,7 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Keys => client::keys(&api()?).await,
-        Command::KeysAdd { path } => client::keys_add(&api()?, path).await,
+        Command::KeysAdd { path, app } => client::keys_add(&api()?, path, app.as_deref()).await,
         Command::KeysRemove { fingerprint } => client::keys_remove(&api()?, fingerprint).await,
         Command::Apps => client::apps(&api()?).await,
         Command::AppsCreate { name } => client::apps_create(&api()?, name).await,

@@ -124,6 +124,8 @@ async fn whoami(caller: Caller) -> Json<WhoAmI> {
 #[derive(Serialize)]
 struct KeyOut {
     fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<String>,
     public_key: String,
     comment: String,
     created_at: i64,
@@ -135,6 +137,7 @@ async fn list_keys(State(ctl): Ctl, caller: Caller) -> Result<Json<Vec<KeyOut>>>
         keys.into_iter()
             .map(|k| KeyOut {
                 fingerprint: k.fingerprint,
+                app: k.app,
                 public_key: k.public_key,
                 comment: k.comment,
                 created_at: k.created_at,
@@ -146,6 +149,8 @@ async fn list_keys(State(ctl): Ctl, caller: Caller) -> Result<Json<Vec<KeyOut>>>
 #[derive(Deserialize)]
 struct AddKey {
     public_key: String,
+    /// Makes a deploy key that can push this app only.
+    app: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -160,16 +165,25 @@ async fn add_key(
 ) -> Result<(StatusCode, Json<AddedKey>)> {
     let key =
         keys::parse(&body.public_key).map_err(|e| ControllerError::BadRequest(e.to_string()))?;
+    let app = match &body.app {
+        Some(raw) => Some(authorized_app(&ctl, &caller.0, raw).await?),
+        None => None,
+    };
     ctl.db()
-        .add_key(&caller.0, &key.fingerprint, &key.canonical, &key.comment)
+        .add_key(
+            &caller.0,
+            &key.fingerprint,
+            &key.canonical,
+            &key.comment,
+            app.as_ref(),
+        )
         .await?;
-    ctl.record(
-        None,
-        "key",
-        caller.0.as_str(),
-        &format!("added key {}", key.fingerprint),
-    )
-    .await;
+    let detail = match &app {
+        Some(app) => format!("added deploy key {} for {app}", key.fingerprint),
+        None => format!("added key {}", key.fingerprint),
+    };
+    ctl.record(app.as_ref(), "key", caller.0.as_str(), &detail)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(AddedKey {

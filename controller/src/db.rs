@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
+use slipway_core::ports::KeyOwner;
 use slipway_core::{AppName, Config, Fingerprint, ProcessTypes, Release, UserName};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_collaborators.sql")),
     (4, include_str!("../migrations/0004_maintenance.sql")),
     (5, include_str!("../migrations/0005_events.sql")),
+    (6, include_str!("../migrations/0006_deploy_keys.sql")),
 ];
 
 /// A user's SSH key as listed.
@@ -47,6 +49,8 @@ pub struct KeyRow {
     pub comment: String,
     /// Seconds since the epoch.
     pub created_at: i64,
+    /// For a deploy key, its app.
+    pub app: Option<String>,
 }
 
 /// An app as listed.
@@ -438,15 +442,23 @@ impl Db {
         row.map(|r| parse_name(r.try_get(0)?)).transpose()
     }
 
-    /// The user owning the key with this fingerprint.
-    pub async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>> {
+    /// The owner of the key with this fingerprint, and its app if it is a deploy key.
+    pub async fn key_owner(&self, fp: &Fingerprint) -> Result<Option<KeyOwner>> {
         let row = sqlx::query(
-            "SELECT u.name FROM keys k JOIN users u ON u.id = k.user_id WHERE k.fingerprint = ?",
+            "SELECT u.name, a.name FROM keys k JOIN users u ON u.id = k.user_id \
+             LEFT JOIN apps a ON a.id = k.app_id WHERE k.fingerprint = ?",
         )
         .bind(fp.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| parse_name(r.try_get(0)?)).transpose()
+        row.map(|r| {
+            let app: Option<String> = r.try_get(1)?;
+            Ok(KeyOwner {
+                user: parse_name(r.try_get(0)?)?,
+                app: app.map(parse_name).transpose()?,
+            })
+        })
+        .transpose()
     }
 
     /// Adds a key for `user`.
@@ -456,15 +468,17 @@ impl Db {
         fp: &Fingerprint,
         public_key: &str,
         comment: &str,
+        app: Option<&AppName>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO keys (fingerprint, user_id, public_key, comment, created_at) \
-             SELECT ?, id, ?, ?, ? FROM users WHERE name = ?",
+            "INSERT INTO keys (fingerprint, user_id, public_key, comment, created_at, app_id) \
+             SELECT ?, id, ?, ?, ?, (SELECT id FROM apps WHERE name = ?) FROM users WHERE name = ?",
         )
         .bind(fp.as_str())
         .bind(public_key)
         .bind(comment)
         .bind(now())
+        .bind(app.map(AppName::as_str))
         .bind(user.as_str())
         .execute(&self.pool)
         .await
@@ -481,8 +495,9 @@ impl Db {
     /// The keys of `user`.
     pub async fn keys(&self, user: &UserName) -> Result<Vec<KeyRow>> {
         let rows = sqlx::query(
-            "SELECT k.fingerprint, k.public_key, k.comment, k.created_at FROM keys k \
-             JOIN users u ON u.id = k.user_id WHERE u.name = ? ORDER BY k.created_at, k.fingerprint",
+            "SELECT k.fingerprint, k.public_key, k.comment, k.created_at, a.name FROM keys k \
+             JOIN users u ON u.id = k.user_id LEFT JOIN apps a ON a.id = k.app_id \
+             WHERE u.name = ? ORDER BY k.created_at, k.fingerprint",
         )
         .bind(user.as_str())
         .fetch_all(&self.pool)
@@ -494,6 +509,7 @@ impl Db {
                     public_key: r.try_get(1)?,
                     comment: r.try_get(2)?,
                     created_at: r.try_get(3)?,
+                    app: r.try_get(4)?,
                 })
             })
             .collect()
@@ -785,16 +801,19 @@ mod tests {
         let fp: Fingerprint = "SHA256:eYDXum8idINQ8AP/VNoA/k7PGqZTO212zbq3BDQbDHc"
             .parse()
             .unwrap();
-        db.add_key(&admin, &fp, "ssh-ed25519 AAAA", "c")
+        db.add_key(&admin, &fp, "ssh-ed25519 AAAA", "c", None)
             .await
             .unwrap();
         assert!(matches!(
-            db.add_key(&admin, &fp, "x", "c").await,
+            db.add_key(&admin, &fp, "x", "c", None).await,
             Err(DbError::Exists(_))
         ));
         assert_eq!(
-            db.user_by_fingerprint(&fp).await.unwrap(),
-            Some(admin.clone())
+            db.key_owner(&fp).await.unwrap(),
+            Some(KeyOwner {
+                user: admin.clone(),
+                app: None
+            })
         );
 
         let app: AppName = "web".parse().unwrap();

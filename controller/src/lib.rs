@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use slipway_core::ports::{AppAccess, BuiltImage, Identity, PortError, Releases};
+use slipway_core::ports::{AppAccess, BuiltImage, Identity, KeyOwner, PortError, Releases};
 use slipway_core::routes::Routes;
 use slipway_core::{AppName, Fingerprint, Release, UserName};
 use slipway_runtime::{Engine, RegistryAuth};
@@ -279,8 +279,8 @@ fn port(e: impl std::fmt::Display) -> PortError {
 
 #[async_trait]
 impl Identity for Controller {
-    async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>, PortError> {
-        self.db.user_by_fingerprint(fp).await.map_err(port)
+    async fn key_owner(&self, fp: &Fingerprint) -> Result<Option<KeyOwner>, PortError> {
+        self.db.key_owner(fp).await.map_err(port)
     }
 
     async fn user_by_token(&self, token: &str) -> Result<Option<UserName>, PortError> {

@@ -24,11 +24,20 @@ pub enum AppAccess {
     Forbidden,
 }
 
+/// Who holds an SSH key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The user the key belongs to.
+    pub user: UserName,
+    /// For a deploy key, the one app it may push; `None` for a user's own key.
+    pub app: Option<AppName>,
+}
+
 /// Identity and access: who holds a key or a token, and what they may touch.
 #[async_trait]
 pub trait Identity: Send + Sync + 'static {
-    /// The user who owns the key with this fingerprint.
-    async fn user_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<UserName>, PortError>;
+    /// Who owns the key with this fingerprint, and for which app if it is a deploy key.
+    async fn key_owner(&self, fp: &Fingerprint) -> Result<Option<KeyOwner>, PortError>;
 
     /// The user who owns this API token.
     async fn user_by_token(&self, token: &str) -> Result<Option<UserName>, PortError>;

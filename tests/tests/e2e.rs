@@ -88,6 +88,27 @@ fn git_push_deploys() {
         text(&push)
     );
 
+    // A deploy key pushes its one app and nothing else.
+    server.cli_ok(&["apps:create", "other"]);
+    let deploy_key = server.keygen("deploy-key");
+    let added = server.cli_ok(&[
+        "keys:add",
+        "--app",
+        "other",
+        deploy_key.with_extension("pub").to_str().unwrap(),
+    ]);
+    assert!(added.contains("deploy key"), "{added}");
+    let push = server.git_push(&app, &deploy_key, "pyapp");
+    assert!(!push.status.success());
+    assert!(
+        text(&push).contains("this deploy key can only push app other"),
+        "{}",
+        text(&push)
+    );
+    let push = server.git_push(&app, &deploy_key, "other");
+    assert!(push.status.success(), "{}", text(&push));
+    server.wait_for_body("other", "from other v1", Duration::from_secs(30));
+
     // A push to an app that does not exist says so.
     let push = server.git_push(&app, &key, "nope");
     assert!(!push.status.success());

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use slipway_core::ports::{AppAccess, Identity, PortError};
+use slipway_core::ports::{AppAccess, Identity, KeyOwner, PortError};
 use slipway_core::{AppName, Fingerprint, UserName};
 use slipway_registry::{Registry, RegistryConfig};
 use tokio::sync::oneshot;
@@ -25,7 +25,7 @@ struct FakeIdentity;
 
 #[async_trait]
 impl Identity for FakeIdentity {
-    async fn user_by_fingerprint(&self, _fp: &Fingerprint) -> Result<Option<UserName>, PortError> {
+    async fn key_owner(&self, _fp: &Fingerprint) -> Result<Option<KeyOwner>, PortError> {
         Ok(None)
     }
 
