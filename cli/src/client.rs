@@ -91,7 +91,13 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+    /// Sends a request; a non-2xx answer becomes an error carrying the API's one-line message.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -107,13 +113,20 @@ impl Api {
             )
         })?;
         let status = resp.status();
-        let text = resp.text().await.context("reading the API's answer")?;
-        if !status.is_success() {
-            let msg = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error.message)
-                .unwrap_or_else(|_| format!("the API answered {status}"));
-            bail!("{msg}");
+        if status.is_success() {
+            return Ok(resp);
         }
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| format!("the API answered {status}"));
+        bail!("{msg}")
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the API's answer")?;
         if status == StatusCode::NO_CONTENT || text.is_empty() {
             return Ok(None);
         }
@@ -123,28 +136,8 @@ impl Api {
     }
 
     pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot reach the Slipway API at {}: {}",
-                    self.base,
-                    root_cause(&e)
-                )
-            })?;
-        let status = resp.status();
-        let text = resp.text().await.context("reading the API's answer")?;
-        if !status.is_success() {
-            let msg = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error.message)
-                .unwrap_or_else(|_| format!("the API answered {status}"));
-            bail!("{msg}");
-        }
-        Ok(text)
+        let resp = self.send(Method::GET, path, None).await?;
+        resp.text().await.context("reading the API's answer")
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
@@ -627,29 +620,13 @@ pub(crate) async fn deploy(api: &Api, app: &str, image: &str) -> Result<()> {
 /// Runs a one-off command and exits with its exit code.
 pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32> {
     use std::io::Write;
-    let resp = api
-        .http
-        .post(format!("{}/v1/apps/{app}/run", api.base))
-        .bearer_auth(&api.token)
-        .json(&json!({ "command": command.join(" ") }))
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot reach the Slipway API at {}: {}",
-                api.base,
-                root_cause(&e)
-            )
-        })?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| format!("the API answered {status}"));
-        bail!("{msg}");
-    }
-    let mut resp = resp;
+    let mut resp = api
+        .send(
+            Method::POST,
+            &format!("/v1/apps/{app}/run"),
+            Some(json!({ "command": command.join(" ") })),
+        )
+        .await?;
     let mut pending = Vec::new();
     let mut stdout = std::io::stdout();
     while let Some(chunk) = resp.chunk().await.context("reading the command's output")? {
