@@ -31,6 +31,9 @@ use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, Take};
 use tokio_util::io::ReaderStream;
 
+/// Bytes read from a blob file per chunk of a GET response.
+const READ_CHUNK: usize = 256 * 1024;
+
 use crate::names::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
 
 /// Why a storage operation failed.
@@ -128,7 +131,9 @@ impl Blob {
                 .await
                 .map_err(io_err("seek", &self.path))?;
         }
-        Ok(ReaderStream::new(self.file.take(len)))
+        // ReaderStream's default 4 KiB chunks cost a syscall and an HTTP frame each; 256 KiB
+        // chunks let a pull run at disk and socket speed.
+        Ok(ReaderStream::with_capacity(self.file.take(len), READ_CHUNK))
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Invariant: nothing here does IO or reads the route table; `proxy` calls these from its phases.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -83,7 +84,8 @@ pub(crate) fn forwarded_for<'a>(
         if !chain.is_empty() {
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(ip.to_string().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(chain, "{ip}");
     }
     // Every byte comes from a header value or an address, so the result is a valid value.
     HeaderValue::from_bytes(&chain)

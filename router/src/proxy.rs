@@ -3,6 +3,8 @@
 //! keeps pingora's default; in particular bodies are never touched, so pingora streams them in
 //! both directions.
 //!
+//! - `init_downstream_modules`: installs none; the router never compresses, so pingora's default
+//!   (its compression module, switched off) would be pure per-request cost.
 //! - `request_filter`: reads the host, settles the request id, looks the host up in the current
 //!   route-table snapshot and picks a backend. An unknown host is answered 404 (`no_route`) and
 //!   an app without a ready instance 503 (`no_backend`), or in maintenance mode 503
@@ -31,8 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header;
+use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorType, Result};
@@ -51,15 +54,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The router's [`ProxyHttp`] implementation.
 pub(crate) struct Router {
     routes: Routes,
-    /// The port the router accepts on, sent as X-Forwarded-Port.
-    listen_port: u16,
+    /// The port the router accepts on, sent as X-Forwarded-Port; made once, as the value is the
+    /// same for every request.
+    listen_port: HeaderValue,
 }
 
 impl Router {
     pub(crate) fn new(routes: Routes, listen_port: u16) -> Self {
         Router {
             routes,
-            listen_port,
+            listen_port: HeaderValue::from(listen_port),
         }
     }
 }
@@ -69,6 +73,8 @@ pub(crate) struct RequestCtx {
     started: Instant,
     /// Empty until `request_filter` settles it.
     request_id: String,
+    /// `request_id` as a header value, made once and sent both upstream and downstream.
+    request_id_value: Option<HeaderValue>,
     /// The host the request names, as sent (port included).
     host: String,
     /// The route from the snapshot the request started with; later tables do not affect it.
@@ -91,16 +97,33 @@ impl RequestCtx {
         }
         &self.request_id
     }
+
+    /// The request id as a header value (see [`RequestCtx::request_id`]).
+    fn request_id_value(&mut self) -> Result<HeaderValue> {
+        if let Some(value) = &self.request_id_value {
+            return Ok(value.clone());
+        }
+        let value = HeaderValue::from_str(self.request_id())
+            .map_err(|_| Error::explain(ErrorType::InternalError, "invalid request id"))?;
+        self.request_id_value = Some(value.clone());
+        Ok(value)
+    }
 }
 
 #[async_trait]
 impl ProxyHttp for Router {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // No modules. Pingora's default adds its response compression module, switched off,
+        // which still costs a module context and its filter calls on every request.
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
+            request_id_value: None,
             host: String::new(),
             route: None,
             backend: None,
@@ -203,14 +226,14 @@ impl ProxyHttp for Router {
                 upstream_request.remove_header(X_FORWARDED_FOR);
             }
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
         if ctx.host.is_empty() {
             upstream_request.remove_header(X_FORWARDED_HOST);
         } else {
             upstream_request.insert_header(X_FORWARDED_HOST, ctx.host.as_str())?;
         }
-        upstream_request.insert_header(X_FORWARDED_PORT, self.listen_port.to_string())?;
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(X_FORWARDED_PORT, self.listen_port.clone())?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id_value()?)?;
         Ok(())
     }
 
@@ -221,7 +244,7 @@ impl ProxyHttp for Router {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forwarded::strip_response_hop_by_hop(upstream_response);
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id())?;
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id_value()?)?;
         Ok(())
     }
 
