@@ -391,12 +391,11 @@ impl Reconciler {
             if accepts(addr).await {
                 return Ok(container);
             }
-            let still_running = self
-                .engine
-                .list(&[(LABEL_INSTANCE, &self.config.instance_id)])
-                .await
-                .map(|cs| cs.iter().any(|c| c.id == container.id && c.running))
-                .unwrap_or(true);
+            let still_running = match self.engine.container(&container.id).await {
+                Ok(c) => c.is_some_and(|c| c.running),
+                // The engine did not answer: keep waiting until the deadline.
+                Err(_) => true,
+            };
             if !still_running {
                 self.retire(vec![container]).await;
                 return Err(format!(

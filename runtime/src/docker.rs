@@ -44,30 +44,35 @@ impl Docker {
 
     async fn inspect(&self, id: &str) -> Result<Container, RuntimeError> {
         let info = self.api.inspect_container(id, None).await.map_err(engine)?;
-        let network = info.network_settings.unwrap_or_default();
-        let ip = network.networks.and_then(|nets| {
-            nets.into_values()
-                .find_map(|n| n.ip_address.filter(|a| !a.is_empty())?.parse().ok())
-        });
-        let published = network.ports.and_then(|ports| {
-            ports.into_values().flatten().flatten().find_map(|b| {
-                let port: u16 = b.host_port?.parse().ok()?;
-                Some(SocketAddr::from(([127, 0, 0, 1], port)))
-            })
-        });
-        let config = info.config.unwrap_or_default();
-        Ok(Container {
-            id: info.id.unwrap_or_default(),
-            name: info
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_owned(),
-            labels: config.labels.unwrap_or_default(),
-            running: info.state.and_then(|s| s.running).unwrap_or(false),
-            published,
-            ip,
+        Ok(to_container(info))
+    }
+}
+
+/// A container as the engine's inspect answer describes it.
+fn to_container(info: bollard::models::ContainerInspectResponse) -> Container {
+    let network = info.network_settings.unwrap_or_default();
+    let ip = network.networks.and_then(|nets| {
+        nets.into_values()
+            .find_map(|n| n.ip_address.filter(|a| !a.is_empty())?.parse().ok())
+    });
+    let published = network.ports.and_then(|ports| {
+        ports.into_values().flatten().flatten().find_map(|b| {
+            let port: u16 = b.host_port?.parse().ok()?;
+            Some(SocketAddr::from(([127, 0, 0, 1], port)))
         })
+    });
+    let config = info.config.unwrap_or_default();
+    Container {
+        id: info.id.unwrap_or_default(),
+        name: info
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        labels: config.labels.unwrap_or_default(),
+        running: info.state.and_then(|s| s.running).unwrap_or(false),
+        published,
+        ip,
     }
 }
 
@@ -150,6 +155,16 @@ impl Engine for Docker {
             return Err(engine(e));
         }
         self.inspect(&created.id).await
+    }
+
+    async fn container(&self, id: &str) -> Result<Option<Container>, RuntimeError> {
+        match self.api.inspect_container(id, None).await {
+            Ok(info) => Ok(Some(to_container(info))),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(engine(e)),
+        }
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, RuntimeError> {

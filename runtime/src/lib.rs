@@ -129,6 +129,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Creates and starts a container.
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError>;
 
+    /// One container as the engine reports it now, or `None` when it is gone.
+    async fn container(&self, id: &str) -> Result<Option<Container>, RuntimeError>;
+
     /// The containers, running or not, that carry every one of `labels`.
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, RuntimeError>;
 
