@@ -17,7 +17,13 @@ bash stacks/build.sh
 echo "-----> building slipway ($PROFILE)"
 if [ "$PROFILE" = release ]; then cargo build --release -p slipway-cli; else cargo build -p slipway-cli; fi
 bin="$CARGO_TARGET_DIR/$PROFILE/slipway"
-echo "-----> slipway is at $bin"
+# Put `slipway` on PATH for the client commands, when this user may.
+if [ -w /usr/local/bin ]; then
+  ln -sf "$bin" /usr/local/bin/slipway
+  echo "-----> slipway is at $bin (linked as /usr/local/bin/slipway)"
+else
+  echo "-----> slipway is at $bin; add it to your PATH"
+fi
 
 data=${SLIPWAY_DATA:-./slipway-data}
 registry=${SLIPWAY_REGISTRY_ADDR:-127.0.0.1:5000}
