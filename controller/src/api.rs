@@ -13,11 +13,10 @@ use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use slipway_core::ports::AppAccess;
 use slipway_core::release::is_config_key;
 use slipway_core::{AppName, Fingerprint, Release, UserName, keys};
 
-use crate::db::{NewRelease, ReleaseStatus};
+use crate::db::{AppRow, NewRelease, ReleaseStatus};
 use crate::reconciler::{Event, LABEL_APP, LABEL_PROCESS, LABEL_RELEASE, desired_formation};
 use crate::{Controller, ControllerError};
 
@@ -81,29 +80,32 @@ fn app_name(raw: &str) -> Result<AppName> {
         .map_err(|e: slipway_core::NameError| ControllerError::BadRequest(e.to_string()))
 }
 
+/// The app's row, if `caller` may operate it (owner, collaborator or admin).
+async fn authorized_row(ctl: &Controller, caller: &UserName, raw: &str) -> Result<AppRow> {
+    let app = app_name(raw)?;
+    let row = ctl
+        .db()
+        .app(&app)
+        .await?
+        .ok_or_else(|| ControllerError::NotFound(format!("app {app} does not exist")))?;
+    if !ctl.may_operate(&row, caller).await? {
+        return Err(ControllerError::Forbidden(format!(
+            "you have no access to app {app}"
+        )));
+    }
+    Ok(row)
+}
+
 /// The app, if `caller` may operate it (owner, collaborator or admin).
 async fn authorized_app(ctl: &Controller, caller: &UserName, raw: &str) -> Result<AppName> {
-    let app = app_name(raw)?;
-    match ctl.access(caller, &app).await? {
-        AppAccess::Allowed => Ok(app),
-        AppAccess::NoSuchApp => Err(ControllerError::NotFound(format!(
-            "app {app} does not exist"
-        ))),
-        AppAccess::Forbidden => Err(ControllerError::Forbidden(format!(
-            "you have no access to app {app}"
-        ))),
-    }
+    Ok(authorized_row(ctl, caller, raw).await?.name)
 }
 
 /// The app, if `caller` owns it (or is admin): for destroying it and managing its access.
 async fn owned_app(ctl: &Controller, caller: &UserName, raw: &str) -> Result<AppName> {
-    let app = authorized_app(ctl, caller, raw).await?;
-    let owner = ctl
-        .db()
-        .app(&app)
-        .await?
-        .map(|r| r.owner)
-        .unwrap_or_default();
+    let AppRow {
+        name: app, owner, ..
+    } = authorized_row(ctl, caller, raw).await?;
     if owner != caller.as_str() && caller.as_str() != "admin" {
         return Err(ControllerError::Forbidden(format!(
             "only {owner}, the owner of {app}, can do that"
@@ -232,7 +234,7 @@ fn app_out(ctl: &Controller, row: crate::db::AppRow, release: Option<ReleaseOut>
 async fn list_apps(State(ctl): Ctl, caller: Caller) -> Result<Json<Vec<AppOut>>> {
     let mut out = Vec::new();
     for app in ctl.db().apps().await? {
-        if ctl.access(&caller.0, &app.name).await? == AppAccess::Allowed {
+        if ctl.may_operate(&app, &caller.0).await? {
             out.push(app_out(&ctl, app, None));
         }
     }
@@ -271,12 +273,8 @@ async fn app_info(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<AppOut>> {
-    let app = authorized_app(&ctl, &caller.0, &raw).await?;
-    let row = ctl
-        .db()
-        .app(&app)
-        .await?
-        .ok_or_else(|| ControllerError::NotFound(format!("app {app} does not exist")))?;
+    let row = authorized_row(&ctl, &caller.0, &raw).await?;
+    let app = row.name.clone();
     let release = ctl
         .db()
         .releases(&app)
@@ -788,13 +786,9 @@ async fn list_access(
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<AccessOut>> {
-    let app = authorized_app(&ctl, &caller.0, &raw).await?;
-    let owner = ctl
-        .db()
-        .app(&app)
-        .await?
-        .map(|r| r.owner)
-        .unwrap_or_default();
+    let AppRow {
+        name: app, owner, ..
+    } = authorized_row(&ctl, &caller.0, &raw).await?;
     Ok(Json(AccessOut {
         owner,
         collaborators: ctl.db().collaborators(&app).await?,

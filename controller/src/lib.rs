@@ -158,19 +158,27 @@ impl Controller {
         let Some(row) = self.db.app(app).await? else {
             return Ok(AppAccess::NoSuchApp);
         };
-        if row.owner == user.as_str()
+        Ok(if self.may_operate(&row, user).await? {
+            AppAccess::Allowed
+        } else {
+            AppAccess::Forbidden
+        })
+    }
+
+    /// Whether `user` may operate the app in `row`: its owner, a collaborator, or admin.
+    pub(crate) async fn may_operate(
+        &self,
+        row: &db::AppRow,
+        user: &UserName,
+    ) -> Result<bool, ControllerError> {
+        Ok(row.owner == user.as_str()
             || user.as_str() == "admin"
             || self
                 .db
-                .collaborators(app)
+                .collaborators(&row.name)
                 .await?
                 .iter()
-                .any(|c| c == user.as_str())
-        {
-            Ok(AppAccess::Allowed)
-        } else {
-            Ok(AppAccess::Forbidden)
-        }
+                .any(|c| c == user.as_str()))
     }
 
     /// Creates a user and returns their first API token.
