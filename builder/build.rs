@@ -5,7 +5,9 @@
 use std::path::Path;
 
 fn main() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time, not with env!(): the compiled build script may be reused from another
+    // checkout of the workspace that shares the target directory (CI clones afresh each time).
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let buildpacks = manifest.join("../buildpacks");
     let lifecycle = manifest.join("lifecycle");
     println!("cargo:rerun-if-changed={}", buildpacks.display());

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    // `cargo test` sets CARGO_MANIFEST_DIR when it runs a test; prefer that to the compile-time
+    // value, which names whichever checkout first built this (shared) artifact.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent().unwrap().to_owned()
 }
 
 /// The `slipway` binary: `SLIPWAY_BIN`, else beside the test binary's `deps/` directory.
