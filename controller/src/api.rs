@@ -51,6 +51,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/events", get(list_events))
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
         .with_state(controller)
 }
@@ -1068,4 +1069,120 @@ async fn list_events(
             })
             .collect(),
     ))
+}
+
+/// This API's OpenAPI 3.1 document, kept beside the crate and checked against [`router`] by a
+/// test below.
+const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The OpenAPI document. It needs no token, so that tools can find out what the API offers.
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    const METHODS: [&str; 5] = ["get", "put", "post", "patch", "delete"];
+
+    /// Every `(path, method)` that [`super::router`] registers, read from this file's source:
+    /// each `.route("PATH", get(..).post(..))` in the body of `fn router`.
+    fn routed() -> BTreeSet<(String, String)> {
+        let source = include_str!("api.rs");
+        let start = source.find("pub fn router(").expect("fn router");
+        let body = &source[start..start + source[start..].find("\n}\n").expect("end of router")];
+        let mut out = BTreeSet::new();
+        for (at, _) in body.match_indices(".route(") {
+            let call = &body[at + ".route(".len()..];
+            // The call runs to its matching parenthesis.
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .expect("a closed .route( call")
+                .0;
+            let call = &call[..end];
+            let path = call.split('"').nth(1).expect("a path literal").to_owned();
+            for method in METHODS {
+                // `get(` but not `forget(`: the method name starts a word.
+                let called = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                    call[..i]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+                });
+                if called {
+                    out.insert((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every `(path, method)` the OpenAPI document describes.
+    fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+        let paths = doc["paths"].as_object().expect("paths");
+        paths
+            .iter()
+            .flat_map(|(path, item)| {
+                METHODS
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(move |m| (path.clone(), (*m).to_owned()))
+            })
+            .collect()
+    }
+
+    /// Every `$ref` in `v`, so the test can check that each one resolves.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn openapi_document_matches_router() {
+        let doc: Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let routed = routed();
+        assert!(
+            routed.len() > 20,
+            "read too few routes from api.rs: {routed:?}"
+        );
+        let documented = documented(&doc);
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty() && unrouted.is_empty(),
+            "controller/openapi.json and the router disagree.\n\
+             routed but not documented: {undocumented:?}\n\
+             documented but not routed: {unrouted:?}"
+        );
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            let pointer = r.strip_prefix('#').expect("a local $ref");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
 }
