@@ -1,6 +1,5 @@
-//! The client commands: each one is a call to the API and a table for people.
-
-use std::collections::BTreeMap;
+//! The client commands: each one is a call to the API and a table for people, or under `--json`
+//! the API's answer as it is (decided in one place, [`Api::show`]).
 
 use anyhow::{Context, Result, anyhow, bail};
 use reqwest::{Method, StatusCode};
@@ -55,6 +54,8 @@ pub(crate) struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Print answers as JSON for scripts instead of tables for people (`--json`).
+    json: bool,
 }
 
 #[derive(Deserialize)]
@@ -68,8 +69,9 @@ struct ErrorInner {
 }
 
 impl Api {
-    /// From `SLIPWAY_URL` and `SLIPWAY_TOKEN`, else the file `slipway login` wrote.
-    pub(crate) fn from_env(url: Option<String>, token: Option<String>) -> Result<Api> {
+    /// From `SLIPWAY_URL` and `SLIPWAY_TOKEN`, else the file `slipway login` wrote; `json` makes
+    /// [`show`](Api::show) print JSON.
+    pub(crate) fn from_env(url: Option<String>, token: Option<String>, json: bool) -> Result<Api> {
         let saved = Credentials::load();
         let base = url
             .or_else(|| saved.as_ref().map(|c| c.url.clone()))
@@ -88,7 +90,20 @@ impl Api {
             base,
             token: token.trim().to_owned(),
             http: reqwest::Client::new(),
+            json,
         })
+    }
+
+    /// Prints a command's result: under `--json` the API's answer as one JSON document (`{}`
+    /// when it had no body), else whatever `human` prints for people.
+    fn show(&self, answer: &Value, human: impl FnOnce(&Value)) -> Result<()> {
+        if !self.json {
+            human(answer);
+            return Ok(());
+        }
+        let doc = if answer.is_null() { &json!({}) } else { answer };
+        println!("{}", serde_json::to_string_pretty(doc)?);
+        Ok(())
     }
 
     /// Sends a request; a non-2xx answer becomes an error carrying the API's one-line message.
@@ -168,9 +183,11 @@ impl Api {
             .unwrap_or(Value::Null))
     }
 
-    pub(crate) async fn delete(&self, path: &str) -> Result<()> {
-        self.call(Method::DELETE, path, None).await?;
-        Ok(())
+    pub(crate) async fn delete(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .call(Method::DELETE, path, None)
+            .await?
+            .unwrap_or(Value::Null))
     }
 }
 
@@ -220,8 +237,9 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Prints rows as aligned columns.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+/// Prints a JSON array as aligned columns, one row per item.
+fn table(headers: &[&str], list: &Value, row: impl Fn(&Value) -> Vec<String>) {
+    let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -244,16 +262,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 pub(crate) async fn keys(api: &Api) -> Result<()> {
     let keys = api.get("/v1/keys").await?;
-    let rows = keys
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|k| vec![s(&k["fingerprint"]), s(&k["app"]), s(&k["comment"])])
-                .collect()
+    api.show(&keys, |keys| {
+        table(&["FINGERPRINT", "APP", "COMMENT"], keys, |k| {
+            vec![s(&k["fingerprint"]), s(&k["app"]), s(&k["comment"])]
         })
-        .unwrap_or_default();
-    table(&["FINGERPRINT", "APP", "COMMENT"], rows);
-    Ok(())
+    })
 }
 
 pub(crate) async fn keys_add(api: &Api, path: &str, app: Option<&str>) -> Result<()> {
@@ -261,11 +274,10 @@ pub(crate) async fn keys_add(api: &Api, path: &str, app: Option<&str>) -> Result
     let added = api
         .post("/v1/keys", json!({ "public_key": text.trim(), "app": app }))
         .await?;
-    match app {
+    api.show(&added, |added| match app {
         Some(app) => println!("added deploy key {} for {app}", s(&added["fingerprint"])),
         None => println!("added key {}", s(&added["fingerprint"])),
-    }
-    Ok(())
+    })
 }
 
 pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
@@ -278,53 +290,49 @@ pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
             other => format!("%{other:02X}"),
         })
         .collect();
-    api.delete(&format!("/v1/keys/{encoded}")).await?;
-    println!("removed key {fingerprint}");
-    Ok(())
+    let answer = api.delete(&format!("/v1/keys/{encoded}")).await?;
+    api.show(&answer, |_| println!("removed key {fingerprint}"))
 }
 
 pub(crate) async fn apps(api: &Api) -> Result<()> {
     let apps = api.get("/v1/apps").await?;
-    let rows = apps
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| vec![s(&x["name"]), s(&x["owner"]), s(&x["url"])])
-                .collect()
+    api.show(&apps, |apps| {
+        table(&["NAME", "OWNER", "URL"], apps, |x| {
+            vec![s(&x["name"]), s(&x["owner"]), s(&x["url"])]
         })
-        .unwrap_or_default();
-    table(&["NAME", "OWNER", "URL"], rows);
-    Ok(())
+    })
 }
 
 pub(crate) async fn apps_create(api: &Api, name: &str) -> Result<()> {
     let app = api.post("/v1/apps", json!({ "name": name })).await?;
-    println!("created {} at {}", s(&app["name"]), s(&app["url"]));
-    println!(
-        "push with: git push ssh://git@HOST:2222/{}.git main",
-        s(&app["name"])
-    );
-    Ok(())
+    api.show(&app, |app| {
+        println!("created {} at {}", s(&app["name"]), s(&app["url"]));
+        println!(
+            "push with: git push ssh://git@HOST:2222/{}.git main",
+            s(&app["name"])
+        );
+    })
 }
 
 pub(crate) async fn apps_info(api: &Api, app: &str) -> Result<()> {
     let info = api.get(&format!("/v1/apps/{app}")).await?;
-    println!("name     {}", s(&info["name"]));
-    println!("owner    {}", s(&info["owner"]));
-    println!("url      {}", s(&info["url"]));
-    let r = &info["release"];
-    if r.is_object() {
-        println!(
-            "release  v{} ({}, {})",
-            s(&r["version"]),
-            s(&r["status"]),
-            s(&r["description"])
-        );
-        println!("image    {}", s(&r["image"]));
-    } else {
-        println!("release  none yet: git push to deploy");
-    }
-    Ok(())
+    api.show(&info, |info| {
+        println!("name     {}", s(&info["name"]));
+        println!("owner    {}", s(&info["owner"]));
+        println!("url      {}", s(&info["url"]));
+        let r = &info["release"];
+        if r.is_object() {
+            println!(
+                "release  v{} ({}, {})",
+                s(&r["version"]),
+                s(&r["status"]),
+                s(&r["description"])
+            );
+            println!("image    {}", s(&r["image"]));
+        } else {
+            println!("release  none yet: git push to deploy");
+        }
+    })
 }
 
 pub(crate) async fn apps_destroy(api: &Api, app: &str, confirm: Option<&str>) -> Result<()> {
@@ -333,22 +341,21 @@ pub(crate) async fn apps_destroy(api: &Api, app: &str, confirm: Option<&str>) ->
             "destroying {app} deletes its releases and stops its containers; confirm with --confirm {app}"
         );
     }
-    api.delete(&format!("/v1/apps/{app}")).await?;
-    println!("destroyed {app}");
-    Ok(())
+    let answer = api.delete(&format!("/v1/apps/{app}")).await?;
+    api.show(&answer, |_| println!("destroyed {app}"))
 }
 
 pub(crate) async fn config(api: &Api, app: &str) -> Result<()> {
-    let config: BTreeMap<String, String> =
-        serde_json::from_value(api.get(&format!("/v1/apps/{app}/config")).await?)
-            .unwrap_or_default();
-    if config.is_empty() {
-        println!("{app} has no config vars");
-    }
-    for (k, v) in config {
-        println!("{k}={v}");
-    }
-    Ok(())
+    let config = api.get(&format!("/v1/apps/{app}/config")).await?;
+    api.show(&config, |config| {
+        let config = config.as_object().filter(|c| !c.is_empty());
+        if config.is_none() {
+            println!("{app} has no config vars");
+        }
+        for (k, v) in config.into_iter().flatten() {
+            println!("{k}={}", s(v));
+        }
+    })
 }
 
 pub(crate) async fn config_set(api: &Api, app: &str, pairs: &[String]) -> Result<()> {
@@ -365,12 +372,13 @@ pub(crate) async fn config_set(api: &Api, app: &str, pairs: &[String]) -> Result
     let release = api
         .patch(&format!("/v1/apps/{app}/config"), Value::Object(body))
         .await?;
-    println!(
-        "{} and restarting: v{}",
-        s(&release["description"]),
-        s(&release["version"])
-    );
-    Ok(())
+    api.show(&release, |release| {
+        println!(
+            "{} and restarting: v{}",
+            s(&release["description"]),
+            s(&release["version"])
+        )
+    })
 }
 
 pub(crate) async fn config_unset(api: &Api, app: &str, keys: &[String]) -> Result<()> {
@@ -382,46 +390,40 @@ pub(crate) async fn config_unset(api: &Api, app: &str, keys: &[String]) -> Resul
     let release = api
         .patch(&format!("/v1/apps/{app}/config"), Value::Object(body))
         .await?;
-    println!(
-        "{} and restarting: v{}",
-        s(&release["description"]),
-        s(&release["version"])
-    );
-    Ok(())
+    api.show(&release, |release| {
+        println!(
+            "{} and restarting: v{}",
+            s(&release["description"]),
+            s(&release["version"])
+        )
+    })
 }
 
 pub(crate) async fn releases(api: &Api, app: &str) -> Result<()> {
     let list = api.get(&format!("/v1/apps/{app}/releases")).await?;
-    let rows = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    vec![
-                        format!("v{}", s(&r["version"])),
-                        s(&r["status"]),
-                        s(&r["description"]),
-                        s(&r["created_by"]),
-                    ]
-                })
-                .collect()
+    api.show(&list, |list| {
+        table(&["VERSION", "STATUS", "DESCRIPTION", "BY"], list, |r| {
+            vec![
+                format!("v{}", s(&r["version"])),
+                s(&r["status"]),
+                s(&r["description"]),
+                s(&r["created_by"]),
+            ]
         })
-        .unwrap_or_default();
-    table(&["VERSION", "STATUS", "DESCRIPTION", "BY"], rows);
-    Ok(())
+    })
 }
 
 pub(crate) async fn users_add(api: &Api, name: &str) -> Result<()> {
     let created = api.post("/v1/users", json!({ "name": name })).await?;
-    println!("created user {}", s(&created["user"]));
-    println!("their API token (shown once): {}", s(&created["token"]));
-    Ok(())
+    api.show(&created, |created| {
+        println!("created user {}", s(&created["user"]));
+        println!("their API token (shown once): {}", s(&created["token"]));
+    })
 }
 
 pub(crate) async fn tokens_create(api: &Api) -> Result<()> {
     let created = api.post("/v1/tokens", json!({})).await?;
-    println!("{}", s(&created["token"]));
-    Ok(())
+    api.show(&created, |created| println!("{}", s(&created["token"])))
 }
 
 /// Checks a token against the API and saves it with the URL for later commands.
@@ -438,7 +440,7 @@ pub(crate) async fn login(url: Option<String>, token: Option<String>) -> Result<
         }
     };
     let url = url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-    let api = Api::from_env(Some(url.clone()), Some(token.clone()))?;
+    let api = Api::from_env(Some(url.clone()), Some(token.clone()), false)?;
     let me = api.get("/v1/whoami").await?;
     let path = Credentials {
         url: api.base.clone(),
@@ -466,55 +468,50 @@ pub(crate) async fn rollback(api: &Api, app: &str, version: Option<&str>) -> Res
         None => json!({}),
     };
     let release = api.post(&format!("/v1/apps/{app}/rollback"), body).await?;
-    println!(
-        "{}: v{}",
-        s(&release["description"]),
-        s(&release["version"])
-    );
-    Ok(())
+    api.show(&release, |release| {
+        println!(
+            "{}: v{}",
+            s(&release["description"]),
+            s(&release["version"])
+        )
+    })
 }
 
 pub(crate) async fn domains(api: &Api, app: &str) -> Result<()> {
     let list = api.get(&format!("/v1/apps/{app}/domains")).await?;
-    for host in list.as_array().into_iter().flatten() {
-        println!("{}", s(host));
-    }
-    Ok(())
+    api.show(&list, |list| {
+        for host in list.as_array().into_iter().flatten() {
+            println!("{}", s(host));
+        }
+    })
 }
 
 pub(crate) async fn domains_add(api: &Api, app: &str, host: &str) -> Result<()> {
-    api.post(&format!("/v1/apps/{app}/domains"), json!({ "host": host }))
+    let answer = api
+        .post(&format!("/v1/apps/{app}/domains"), json!({ "host": host }))
         .await?;
-    println!("added {host} to {app}");
-    Ok(())
+    api.show(&answer, |_| println!("added {host} to {app}"))
 }
 
 pub(crate) async fn domains_remove(api: &Api, app: &str, host: &str) -> Result<()> {
-    api.delete(&format!("/v1/apps/{app}/domains/{host}"))
+    let answer = api
+        .delete(&format!("/v1/apps/{app}/domains/{host}"))
         .await?;
-    println!("removed {host} from {app}");
-    Ok(())
+    api.show(&answer, |_| println!("removed {host} from {app}"))
 }
 
 pub(crate) async fn ps(api: &Api, app: &str) -> Result<()> {
     let list = api.get(&format!("/v1/apps/{app}/ps")).await?;
-    let rows = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| {
-                    vec![
-                        s(&i["process"]),
-                        s(&i["release"]),
-                        s(&i["state"]),
-                        s(&i["name"]),
-                    ]
-                })
-                .collect()
+    api.show(&list, |list| {
+        table(&["TYPE", "RELEASE", "STATE", "NAME"], list, |i| {
+            vec![
+                s(&i["process"]),
+                s(&i["release"]),
+                s(&i["state"]),
+                s(&i["name"]),
+            ]
         })
-        .unwrap_or_default();
-    table(&["TYPE", "RELEASE", "STATE", "NAME"], rows);
-    Ok(())
+    })
 }
 
 pub(crate) async fn ps_scale(api: &Api, app: &str, pairs: &[String]) -> Result<()> {
@@ -531,34 +528,37 @@ pub(crate) async fn ps_scale(api: &Api, app: &str, pairs: &[String]) -> Result<(
     let formation = api
         .patch(&format!("/v1/apps/{app}/formation"), Value::Object(body))
         .await?;
-    let summary: Vec<String> = formation
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!(
-        "scaling {app}: {}",
-        if summary.is_empty() {
-            "nothing running".to_owned()
-        } else {
-            summary.join(" ")
-        }
-    );
-    Ok(())
+    api.show(&formation, |formation| {
+        let summary: Vec<String> = formation
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "scaling {app}: {}",
+            if summary.is_empty() {
+                "nothing running".to_owned()
+            } else {
+                summary.join(" ")
+            }
+        )
+    })
 }
 
 pub(crate) async fn ps_restart(api: &Api, app: &str, process: Option<&str>) -> Result<()> {
-    api.post(
-        &format!("/v1/apps/{app}/restart"),
-        json!({ "process": process }),
-    )
-    .await?;
-    println!(
-        "restarting {app}{}",
-        process.map(|p| format!(" {p}")).unwrap_or_default()
-    );
-    Ok(())
+    let answer = api
+        .post(
+            &format!("/v1/apps/{app}/restart"),
+            json!({ "process": process }),
+        )
+        .await?;
+    api.show(&answer, |_| {
+        println!(
+            "restarting {app}{}",
+            process.map(|p| format!(" {p}")).unwrap_or_default()
+        )
+    })
 }
 
 pub(crate) async fn logs(api: &Api, app: &str, lines: usize, follow: bool) -> Result<()> {
@@ -585,36 +585,39 @@ pub(crate) async fn logs(api: &Api, app: &str, lines: usize, follow: bool) -> Re
 
 pub(crate) async fn access(api: &Api, app: &str) -> Result<()> {
     let access = api.get(&format!("/v1/apps/{app}/access")).await?;
-    println!("{} (owner)", s(&access["owner"]));
-    for user in access["collaborators"].as_array().into_iter().flatten() {
-        println!("{}", s(user));
-    }
-    Ok(())
+    api.show(&access, |access| {
+        println!("{} (owner)", s(&access["owner"]));
+        for user in access["collaborators"].as_array().into_iter().flatten() {
+            println!("{}", s(user));
+        }
+    })
 }
 
 pub(crate) async fn access_add(api: &Api, app: &str, user: &str) -> Result<()> {
-    api.post(&format!("/v1/apps/{app}/access"), json!({ "user": user }))
+    let answer = api
+        .post(&format!("/v1/apps/{app}/access"), json!({ "user": user }))
         .await?;
-    println!("{user} can now push and operate {app}");
-    Ok(())
+    api.show(&answer, |_| {
+        println!("{user} can now push and operate {app}")
+    })
 }
 
 pub(crate) async fn access_remove(api: &Api, app: &str, user: &str) -> Result<()> {
-    api.delete(&format!("/v1/apps/{app}/access/{user}")).await?;
-    println!("removed {user} from {app}");
-    Ok(())
+    let answer = api.delete(&format!("/v1/apps/{app}/access/{user}")).await?;
+    api.show(&answer, |_| println!("removed {user} from {app}"))
 }
 
 pub(crate) async fn deploy(api: &Api, app: &str, image: &str) -> Result<()> {
     let release = api
         .post(&format!("/v1/apps/{app}/deploy"), json!({ "image": image }))
         .await?;
-    println!(
-        "{}: v{}",
-        s(&release["description"]),
-        s(&release["version"])
-    );
-    Ok(())
+    api.show(&release, |release| {
+        println!(
+            "{}: v{}",
+            s(&release["description"]),
+            s(&release["version"])
+        )
+    })
 }
 
 /// Runs a one-off command and exits with its exit code.
@@ -647,16 +650,18 @@ pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32>
 }
 
 pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
-    api.put(
-        &format!("/v1/apps/{app}/maintenance"),
-        json!({ "maintenance": on }),
-    )
-    .await?;
-    println!(
-        "maintenance mode {} for {app}",
-        if on { "on" } else { "off" }
-    );
-    Ok(())
+    let answer = api
+        .put(
+            &format!("/v1/apps/{app}/maintenance"),
+            json!({ "maintenance": on }),
+        )
+        .await?;
+    api.show(&answer, |_| {
+        println!(
+            "maintenance mode {} for {app}",
+            if on { "on" } else { "off" }
+        )
+    })
 }
 
 pub(crate) async fn events(api: &Api, app: Option<&str>) -> Result<()> {
@@ -665,24 +670,17 @@ pub(crate) async fn events(api: &Api, app: Option<&str>) -> Result<()> {
         None => "/v1/events".to_owned(),
     };
     let list = api.get(&path).await?;
-    let rows = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    vec![
-                        utc(e["created_at"].as_i64().unwrap_or(0)),
-                        s(&e["app"]),
-                        s(&e["kind"]),
-                        s(&e["actor"]),
-                        s(&e["detail"]),
-                    ]
-                })
-                .collect()
+    api.show(&list, |list| {
+        table(&["TIME", "APP", "KIND", "BY", "WHAT"], list, |e| {
+            vec![
+                utc(e["created_at"].as_i64().unwrap_or(0)),
+                s(&e["app"]),
+                s(&e["kind"]),
+                s(&e["actor"]),
+                s(&e["detail"]),
+            ]
         })
-        .unwrap_or_default();
-    table(&["TIME", "APP", "KIND", "BY", "WHAT"], rows);
-    Ok(())
+    })
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC.

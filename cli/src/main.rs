@@ -24,6 +24,10 @@ struct Cli {
     /// The API token.
     #[arg(long, global = true, env = env::TOKEN, hide_env_values = true)]
     token: Option<String>,
+    /// Print the API's JSON answer on stdout instead of tables for people; commands that only act
+    /// print `{}`. Errors stay one line on stderr. `logs`, `run` and `login` ignore it.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -256,7 +260,7 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = || client::Api::from_env(cli.url.clone(), cli.token.clone());
+    let api = || client::Api::from_env(cli.url.clone(), cli.token.clone(), cli.json);
     match &cli.command {
         Command::Server {
             data,
