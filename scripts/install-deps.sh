@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Slipway needs on a Debian machine and makes sure the Docker Engine is running:
 # Docker Engine (Debian's docker.io), git, the OpenSSH client, debootstrap (stack images),
-# skopeo (pushing stacks), curl, and the C toolchain bits the Rust build needs (cmake, libssl-dev).
+# skopeo (pushing stacks), curl, PostgreSQL (the suite runs on it too), and the C toolchain bits the Rust build needs (cmake, libssl-dev).
 # Safe to run again: it installs only what is missing and starts dockerd only when it is down.
 set -euo pipefail
 
@@ -18,6 +18,7 @@ have cmake || need+=(cmake)
 have pkg-config || need+=(pkg-config)
 have cc || need+=(build-essential)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql postgresql-client)
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -11,5 +11,9 @@ mkdir -p "$CARGO_TARGET_DIR"
 
 bash scripts/install-deps.sh
 bash stacks/build.sh
+# PostgreSQL from Debian: the database tests run on it too, then the end-to-end suite once more.
+SLIPWAY_TEST_POSTGRES=$(bash scripts/postgres.sh)
+export SLIPWAY_TEST_POSTGRES
 cargo build -p slipway-cli
 cargo test --workspace "$@"
+SLIPWAY_TEST_DATABASE=postgres cargo test -p slipway-tests "$@"

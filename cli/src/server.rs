@@ -50,9 +50,9 @@ fn local(addr: SocketAddr) -> String {
 
 pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     if let Some(url) = &args.database_url
-        && !url.starts_with("sqlite:")
+        && slipway_controller::db::Backend::of_url(url).is_none()
     {
-        bail!("database {url:?} is not supported yet: only SQLite (the default) works for now");
+        bail!("--database-url must start with postgres:// or sqlite://");
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
@@ -95,6 +95,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             domain: args.domain.clone(),
             instance_id: instance.clone(),
             registry_addr: registry_addr.clone(),
+            database_url: args.database_url.clone(),
         },
         engine.clone(),
         routes.clone(),

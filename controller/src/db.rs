@@ -1,7 +1,9 @@
 //! The database: connection, migrations and every SQL statement Slipway runs.
 //!
 //! Invariant: no other module holds SQL. Queries are built at runtime with bound parameters
-//! (never string formatting of values), so the same code can serve PostgreSQL later.
+//! (never string formatting of values) and written in the SQL that SQLite and PostgreSQL share:
+//! `$N` placeholders, `RETURNING`, `ON CONFLICT`, `CAST`, 64-bit integers. One code path serves
+//! both through sqlx's `Any` driver; only the migrations differ per backend.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,34 +11,116 @@ use std::str::FromStr;
 
 use slipway_core::ports::KeyOwner;
 use slipway_core::{AppName, Config, Fingerprint, ProcessTypes, Release, UserName};
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyPoolOptions, AnyRow};
 
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The database refused or failed a statement.
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
+    /// The database refused or failed a statement. Not a `source`: sqlx's message already
+    /// includes its cause, and a chain would print it twice.
+    #[error("{0}")]
+    Sql(sqlx::Error),
     /// A row held data that no longer parses (a name or JSON written by a newer version).
     #[error("database row is corrupt: {0}")]
     Corrupt(String),
     /// A uniqueness rule was broken: the thing already exists.
     #[error("{0} already exists")]
     Exists(String),
+    /// The database URL names a backend Slipway does not run on.
+    #[error("database {0:?} is not supported: use postgres://... or sqlite://...")]
+    Unsupported(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Sql(e)
+    }
 }
 
 type Result<T> = std::result::Result<T, DbError>;
 
-/// Ordered migrations; each runs once, in a transaction, and is recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_domains_formation.sql")),
-    (3, include_str!("../migrations/0003_collaborators.sql")),
-    (4, include_str!("../migrations/0004_maintenance.sql")),
-    (5, include_str!("../migrations/0005_events.sql")),
-    (6, include_str!("../migrations/0006_deploy_keys.sql")),
+/// Ordered migrations per backend; each runs once, in a transaction, and is recorded in
+/// `schema_migrations`. Both lists have the same versions, doing the same thing in each dialect.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_domains_formation.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_collaborators.sql"),
+    ),
+    (4, include_str!("../migrations/sqlite/0004_maintenance.sql")),
+    (5, include_str!("../migrations/sqlite/0005_events.sql")),
+    (6, include_str!("../migrations/sqlite/0006_deploy_keys.sql")),
 ];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_domains_formation.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_collaborators.sql"),
+    ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_maintenance.sql"),
+    ),
+    (5, include_str!("../migrations/postgres/0005_events.sql")),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_deploy_keys.sql"),
+    ),
+];
+
+/// The database backends Slipway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A file under the data directory; the default.
+    Sqlite,
+    /// A PostgreSQL server, from `--database-url postgres://...`.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, if Slipway supports it.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        let scheme = url.split_once(':')?.0;
+        match scheme {
+            "sqlite" => Some(Backend::Sqlite),
+            "postgres" | "postgresql" => Some(Backend::Postgres),
+            _ => None,
+        }
+    }
+
+    fn migrations(self) -> &'static [(i64, &'static str)] {
+        match self {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
+/// The URL of an SQLite database file at `path`, created if missing. The path is
+/// percent-encoded, so any file name works.
+pub fn sqlite_url(path: &Path) -> String {
+    use std::fmt::Write;
+    let mut url = String::from("sqlite://");
+    for b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-".contains(b) {
+            url.push(char::from(*b));
+        } else {
+            let _ = write!(url, "%{b:02X}");
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
+}
 
 /// A user's SSH key as listed.
 #[derive(Debug, Clone)]
@@ -112,7 +196,8 @@ impl ReleaseStatus {
 /// The database handle.
 #[derive(Clone)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 fn now() -> i64 {
@@ -132,30 +217,61 @@ fn parse_name<T: FromStr>(s: String) -> Result<T> {
 }
 
 impl Db {
-    /// Opens (creating if missing) the SQLite database at `path` and runs pending migrations.
-    pub async fn open_sqlite(path: &Path) -> Result<Db> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+    /// Connects to the database at `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and
+    /// runs pending migrations.
+    pub async fn open(url: &str) -> Result<Db> {
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            DbError::Unsupported(url.split_once(':').map_or(url, |(s, _)| s).to_owned())
+        })?;
+        sqlx::any::install_default_drivers();
+        // One connection first: a wrong address or password fails now with the server's own
+        // reason, not later as a pool timeout.
+        sqlx::Connection::close(<sqlx::AnyConnection as sqlx::Connection>::connect(url).await?)
             .await?;
-        let db = Db { pool };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Per connection: enforce references, and wait for the writer rather
+                        // than fail when two statements race.
+                        sqlx::raw_sql("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file: readers never block the writer.
+            sqlx::raw_sql("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let db = Db { pool, backend };
         db.migrate().await?;
         Ok(db)
     }
 
+    /// Opens (creating if missing) the SQLite database at `path` and runs pending migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        Db::open(&sqlite_url(path)).await
+    }
+
+    /// Which backend this database runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     async fn migrate(&self) -> Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
             .execute(&self.pool)
             .await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in self.backend.migrations() {
             let mut tx = self.pool.begin().await?;
-            let done = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = ?")
+            let done = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -164,7 +280,7 @@ impl Db {
                 continue;
             }
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -177,7 +293,7 @@ impl Db {
     pub async fn create_user(&self, name: &UserName, token_hash: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let id: i64 =
-            sqlx::query("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING id")
+            sqlx::query("INSERT INTO users (name, created_at) VALUES ($1, $2) RETURNING id")
                 .bind(name.as_str())
                 .bind(now())
                 .fetch_one(&mut *tx)
@@ -190,7 +306,7 @@ impl Db {
                     }
                 })?
                 .try_get(0)?;
-        sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(token_hash)
             .bind(id)
             .bind(now())
@@ -203,7 +319,7 @@ impl Db {
     /// Adds another API token (given as its hash) for `user`.
     pub async fn add_token(&self, user: &UserName, token_hash: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO tokens (token_hash, user_id, created_at) SELECT ?, id, ? FROM users WHERE name = ?",
+            "INSERT INTO tokens (token_hash, user_id, created_at) SELECT $1, id, $2 FROM users WHERE name = $3",
         )
         .bind(token_hash)
         .bind(now())
@@ -216,7 +332,7 @@ impl Db {
     /// The custom domains of `app`, sorted.
     pub async fn domains(&self, app: &AppName) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT d.host FROM domains d JOIN apps a ON a.id = d.app_id WHERE a.name = ? ORDER BY d.host",
+            "SELECT d.host FROM domains d JOIN apps a ON a.id = d.app_id WHERE a.name = $1 ORDER BY d.host",
         )
         .bind(app.as_str())
         .fetch_all(&self.pool)
@@ -226,7 +342,7 @@ impl Db {
 
     /// Routes `host` to `app`.
     pub async fn add_domain(&self, app: &AppName, host: &str) -> Result<()> {
-        sqlx::query("INSERT INTO domains (host, app_id, created_at) SELECT ?, id, ? FROM apps WHERE name = ?")
+        sqlx::query("INSERT INTO domains (host, app_id, created_at) SELECT $1, id, $2 FROM apps WHERE name = $3")
             .bind(host)
             .bind(now())
             .bind(app.as_str())
@@ -245,7 +361,7 @@ impl Db {
     /// Stops routing `host` to `app`; whether it was.
     pub async fn remove_domain(&self, app: &AppName, host: &str) -> Result<bool> {
         let done = sqlx::query(
-            "DELETE FROM domains WHERE host = ? AND app_id = (SELECT id FROM apps WHERE name = ?)",
+            "DELETE FROM domains WHERE host = $1 AND app_id = (SELECT id FROM apps WHERE name = $2)",
         )
         .bind(host)
         .bind(app.as_str())
@@ -257,7 +373,7 @@ impl Db {
     /// The formation of `app`: explicit quantities per process type.
     pub async fn formation(&self, app: &AppName) -> Result<BTreeMap<String, i64>> {
         let rows = sqlx::query(
-            "SELECT f.process, f.quantity FROM formation f JOIN apps a ON a.id = f.app_id WHERE a.name = ?",
+            "SELECT f.process, f.quantity FROM formation f JOIN apps a ON a.id = f.app_id WHERE a.name = $1",
         )
         .bind(app.as_str())
         .fetch_all(&self.pool)
@@ -272,7 +388,7 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         for (process, quantity) in quantities {
             sqlx::query(
-                "INSERT INTO formation (app_id, process, quantity) SELECT id, ?, ? FROM apps WHERE name = ? \
+                "INSERT INTO formation (app_id, process, quantity) SELECT id, $1, $2 FROM apps WHERE name = $3 \
                  ON CONFLICT (app_id, process) DO UPDATE SET quantity = excluded.quantity",
             )
             .bind(process)
@@ -291,7 +407,7 @@ impl Db {
         app: &AppName,
         version: i64,
     ) -> Result<Option<(Release, ReleaseStatus)>> {
-        let row = sqlx::query(release_query("AND r.version = ?"))
+        let row = sqlx::query(release_query("AND r.version = $2"))
             .bind(app.as_str())
             .bind(version)
             .fetch_optional(&self.pool)
@@ -303,7 +419,7 @@ impl Db {
     pub async fn collaborators(&self, app: &AppName) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT u.name FROM collaborators c JOIN users u ON u.id = c.user_id \
-             JOIN apps a ON a.id = c.app_id WHERE a.name = ? ORDER BY u.name",
+             JOIN apps a ON a.id = c.app_id WHERE a.name = $1 ORDER BY u.name",
         )
         .bind(app.as_str())
         .fetch_all(&self.pool)
@@ -315,7 +431,7 @@ impl Db {
     pub async fn add_collaborator(&self, app: &AppName, user: &UserName) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO collaborators (app_id, user_id, created_at) \
-             SELECT a.id, u.id, ? FROM apps a, users u WHERE a.name = ? AND u.name = ?",
+             SELECT a.id, u.id, $1 FROM apps a, users u WHERE a.name = $2 AND u.name = $3",
         )
         .bind(now())
         .bind(app.as_str())
@@ -335,8 +451,8 @@ impl Db {
     /// Removes `user` from `app`'s collaborators; whether they were one.
     pub async fn remove_collaborator(&self, app: &AppName, user: &UserName) -> Result<bool> {
         let done = sqlx::query(
-            "DELETE FROM collaborators WHERE app_id = (SELECT id FROM apps WHERE name = ?) \
-             AND user_id = (SELECT id FROM users WHERE name = ?)",
+            "DELETE FROM collaborators WHERE app_id = (SELECT id FROM apps WHERE name = $1) \
+             AND user_id = (SELECT id FROM users WHERE name = $2)",
         )
         .bind(app.as_str())
         .bind(user.as_str())
@@ -347,7 +463,7 @@ impl Db {
 
     /// Whether `app` is in maintenance mode.
     pub async fn maintenance(&self, app: &AppName) -> Result<bool> {
-        let row = sqlx::query("SELECT maintenance FROM apps WHERE name = ?")
+        let row = sqlx::query("SELECT maintenance FROM apps WHERE name = $1")
             .bind(app.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -359,7 +475,7 @@ impl Db {
 
     /// Turns maintenance mode on or off.
     pub async fn set_maintenance(&self, app: &AppName, on: bool) -> Result<()> {
-        sqlx::query("UPDATE apps SET maintenance = ? WHERE name = ?")
+        sqlx::query("UPDATE apps SET maintenance = $1 WHERE name = $2")
             .bind(i64::from(on))
             .bind(app.as_str())
             .execute(&self.pool)
@@ -376,7 +492,7 @@ impl Db {
         detail: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO events (app, kind, actor, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO events (app, kind, actor, detail, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(app.map(AppName::as_str))
         .bind(kind)
@@ -397,12 +513,11 @@ impl Db {
     ) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
             "SELECT app, kind, actor, detail, created_at FROM events \
-             WHERE (? IS NULL OR app = ?) AND (? IS NULL OR actor = ?) \
-             ORDER BY id DESC LIMIT ?",
+             WHERE (CAST($1 AS TEXT) IS NULL OR app = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR actor = $2) \
+             ORDER BY id DESC LIMIT $3",
         )
         .bind(app.map(AppName::as_str))
-        .bind(app.map(AppName::as_str))
-        .bind(actor)
         .bind(actor)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -434,7 +549,7 @@ impl Db {
     /// The user holding the token with this hash.
     pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<UserName>> {
         let row = sqlx::query(
-            "SELECT u.name FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+            "SELECT u.name FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -446,7 +561,7 @@ impl Db {
     pub async fn key_owner(&self, fp: &Fingerprint) -> Result<Option<KeyOwner>> {
         let row = sqlx::query(
             "SELECT u.name, a.name FROM keys k JOIN users u ON u.id = k.user_id \
-             LEFT JOIN apps a ON a.id = k.app_id WHERE k.fingerprint = ?",
+             LEFT JOIN apps a ON a.id = k.app_id WHERE k.fingerprint = $1",
         )
         .bind(fp.as_str())
         .fetch_optional(&self.pool)
@@ -472,7 +587,7 @@ impl Db {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO keys (fingerprint, user_id, public_key, comment, created_at, app_id) \
-             SELECT ?, id, ?, ?, ?, (SELECT id FROM apps WHERE name = ?) FROM users WHERE name = ?",
+             SELECT $1, id, $2, $3, $4, (SELECT id FROM apps WHERE name = $5) FROM users WHERE name = $6",
         )
         .bind(fp.as_str())
         .bind(public_key)
@@ -497,7 +612,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT k.fingerprint, k.public_key, k.comment, k.created_at, a.name FROM keys k \
              JOIN users u ON u.id = k.user_id LEFT JOIN apps a ON a.id = k.app_id \
-             WHERE u.name = ? ORDER BY k.created_at, k.fingerprint",
+             WHERE u.name = $1 ORDER BY k.created_at, k.fingerprint",
         )
         .bind(user.as_str())
         .fetch_all(&self.pool)
@@ -518,7 +633,7 @@ impl Db {
     /// Removes `user`'s key; whether there was one.
     pub async fn remove_key(&self, user: &UserName, fp: &Fingerprint) -> Result<bool> {
         let done = sqlx::query(
-            "DELETE FROM keys WHERE fingerprint = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+            "DELETE FROM keys WHERE fingerprint = $1 AND user_id = (SELECT id FROM users WHERE name = $2)",
         )
         .bind(fp.as_str())
         .bind(user.as_str())
@@ -530,7 +645,7 @@ impl Db {
     /// Creates an app owned by `owner`.
     pub async fn create_app(&self, name: &AppName, owner: &UserName) -> Result<()> {
         sqlx::query(
-            "INSERT INTO apps (name, owner_id, created_at) SELECT ?, id, ? FROM users WHERE name = ?",
+            "INSERT INTO apps (name, owner_id, created_at) SELECT $1, id, $2 FROM users WHERE name = $3",
         )
         .bind(name.as_str())
         .bind(now())
@@ -551,7 +666,7 @@ impl Db {
     pub async fn app(&self, name: &AppName) -> Result<Option<AppRow>> {
         let row = sqlx::query(
             "SELECT a.name, u.name, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id \
-             WHERE a.name = ?",
+             WHERE a.name = $1",
         )
         .bind(name.as_str())
         .fetch_optional(&self.pool)
@@ -572,7 +687,7 @@ impl Db {
 
     /// Deletes an app with its releases; whether there was one.
     pub async fn delete_app(&self, name: &AppName) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM apps WHERE name = ?")
+        let done = sqlx::query("DELETE FROM apps WHERE name = $1")
             .bind(name.as_str())
             .execute(&self.pool)
             .await?;
@@ -591,7 +706,7 @@ impl Db {
     ) -> Result<Release> {
         let mut tx = self.pool.begin().await?;
         // Taking SQLite's write lock first makes the read-modify-write below serial.
-        sqlx::query("UPDATE apps SET created_at = created_at WHERE name = ?")
+        sqlx::query("UPDATE apps SET created_at = created_at WHERE name = $1")
             .bind(app.as_str())
             .execute(&mut *tx)
             .await?;
@@ -605,7 +720,7 @@ impl Db {
         .transpose()?;
         let last: i64 = sqlx::query(
             "SELECT COALESCE(MAX(r.version), 0) FROM releases r JOIN apps a ON a.id = r.app_id \
-             WHERE a.name = ?",
+             WHERE a.name = $1",
         )
         .bind(app.as_str())
         .fetch_one(&mut *tx)
@@ -629,7 +744,7 @@ impl Db {
         sqlx::query(
             "INSERT INTO releases (app_id, version, image, config, processes, commit_sha, \
              description, created_by, created_at, status) \
-             SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE name = ?",
+             SELECT id, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM apps WHERE name = $10",
         )
         .bind(release.version)
         .bind(&release.image)
@@ -696,8 +811,8 @@ impl Db {
         status: ReleaseStatus,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE releases SET status = ? WHERE version = ? \
-             AND app_id = (SELECT id FROM apps WHERE name = ?)",
+            "UPDATE releases SET status = $1 WHERE version = $2 \
+             AND app_id = (SELECT id FROM apps WHERE name = $3)",
         )
         .bind(status.as_str())
         .bind(version)
@@ -733,9 +848,9 @@ fn release_query(tail: &'static str) -> sqlx::AssertSqlSafe<String> {
 
 const RELEASE_SELECT: &str = "SELECT a.name, r.version, r.image, r.config, r.processes, \
     r.commit_sha, r.description, r.created_by, r.created_at, r.status \
-    FROM releases r JOIN apps a ON a.id = r.app_id WHERE a.name = ?";
+    FROM releases r JOIN apps a ON a.id = r.app_id WHERE a.name = $1";
 
-fn app_row(r: sqlx::sqlite::SqliteRow) -> Result<AppRow> {
+fn app_row(r: AnyRow) -> Result<AppRow> {
     Ok(AppRow {
         name: parse_name(r.try_get(0)?)?,
         owner: r.try_get(1)?,
@@ -743,7 +858,7 @@ fn app_row(r: sqlx::sqlite::SqliteRow) -> Result<AppRow> {
     })
 }
 
-fn release_row(r: sqlx::sqlite::SqliteRow) -> Result<(Release, ReleaseStatus)> {
+fn release_row(r: AnyRow) -> Result<(Release, ReleaseStatus)> {
     let json = |s: String| -> Result<std::collections::BTreeMap<String, String>> {
         serde_json::from_str(&s).map_err(|e| DbError::Corrupt(e.to_string()))
     };
@@ -766,26 +881,71 @@ fn release_row(r: sqlx::sqlite::SqliteRow) -> Result<(Release, ReleaseStatus)> {
 mod tests {
     use super::*;
 
-    async fn fresh() -> (tempfile::TempDir, Db) {
+    /// A fresh SQLite database, and, when `SLIPWAY_TEST_POSTGRES` names a server
+    /// (`postgres://user:pass@host:port`, as `scripts/postgres.sh` prints), a fresh PostgreSQL
+    /// database on it too: every test runs on each.
+    async fn fresh() -> (tempfile::TempDir, Vec<Db>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(&dir.path().join("db.sqlite"))
+        let mut dbs = vec![
+            Db::open_sqlite(&dir.path().join("db.sqlite"))
+                .await
+                .unwrap(),
+        ];
+        if let Ok(base) = std::env::var("SLIPWAY_TEST_POSTGRES") {
+            dbs.push(Db::open(&fresh_postgres(&base).await).await.unwrap());
+        }
+        (dir, dbs)
+    }
+
+    async fn fresh_postgres(base: &str) -> String {
+        sqlx::any::install_default_drivers();
+        let name = format!("slipway_unit_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let admin = AnyPool::connect(&format!("{base}/postgres")).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
             .await
             .unwrap();
-        (dir, db)
+        format!("{base}/{name}")
     }
 
     #[tokio::test]
     async fn migrations_are_idempotent() {
-        let (dir, db) = fresh().await;
-        drop(db);
-        Db::open_sqlite(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db with 'odd' #name?.sqlite");
+        drop(Db::open_sqlite(&path).await.unwrap());
+        Db::open_sqlite(&path).await.unwrap();
+        assert!(path.exists());
+        if let Ok(base) = std::env::var("SLIPWAY_TEST_POSTGRES") {
+            let url = fresh_postgres(&base).await;
+            drop(Db::open(&url).await.unwrap());
+            assert_eq!(Db::open(&url).await.unwrap().backend(), Backend::Postgres);
+        }
+    }
+
+    #[test]
+    fn backends_by_url() {
+        assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::of_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::of_url("sqlite:///x?mode=rwc"),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(Backend::of_url("mysql://h/db"), None);
+        assert_eq!(Backend::of_url("nothing"), None);
     }
 
     #[tokio::test]
     async fn users_keys_apps_releases() {
-        let (_dir, db) = fresh().await;
+        let (_dir, dbs) = fresh().await;
+        for db in dbs {
+            users_keys_apps_releases_on(db).await;
+        }
+    }
+
+    async fn users_keys_apps_releases_on(db: Db) {
         let admin: UserName = "admin".parse().unwrap();
         db.create_user(&admin, "h1").await.unwrap();
         assert!(matches!(

@@ -37,6 +37,8 @@ pub struct ControllerConfig {
     pub instance_id: String,
     /// The registry address as the container engine reaches it (`127.0.0.1:5000`).
     pub registry_addr: String,
+    /// `postgres://...` or `sqlite://...`; `None` is SQLite at `DATA/slipway.db`.
+    pub database_url: Option<String>,
 }
 
 /// The controller. Cheap to share behind an `Arc`.
@@ -75,7 +77,10 @@ impl Controller {
         engine: Arc<dyn Engine>,
         routes: Routes,
     ) -> Result<(Arc<Controller>, Option<FirstStart>), ControllerError> {
-        let db = Db::open_sqlite(&config.data_dir.join("slipway.db")).await?;
+        let db = match &config.database_url {
+            Some(url) => Db::open(url).await?,
+            None => Db::open_sqlite(&config.data_dir.join("slipway.db")).await?,
+        };
         let first = if db.has_users().await? {
             None
         } else {

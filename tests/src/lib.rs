@@ -73,7 +73,54 @@ pub struct Server {
     pub http: u16,
     /// The admin token.
     pub token: String,
+    /// The PostgreSQL database this server runs on, when the suite runs on PostgreSQL.
+    database: Option<Postgres>,
     child: Option<Child>,
+}
+
+/// A database of its own on the PostgreSQL server that `SLIPWAY_TEST_POSTGRES` names
+/// (`postgres://user:pass@host:port`, as `scripts/postgres.sh` prints), dropped afterwards.
+struct Postgres {
+    base: String,
+    name: String,
+}
+
+impl Postgres {
+    /// A fresh database when `SLIPWAY_TEST_DATABASE=postgres`; `None` runs on SQLite.
+    fn for_this_run() -> Option<Postgres> {
+        match std::env::var("SLIPWAY_TEST_DATABASE").as_deref() {
+            Ok("postgres") => {}
+            Ok("sqlite") | Err(_) => return None,
+            Ok(other) => panic!("SLIPWAY_TEST_DATABASE={other}: use sqlite or postgres"),
+        }
+        let base = std::env::var("SLIPWAY_TEST_POSTGRES").expect(
+            "SLIPWAY_TEST_DATABASE=postgres needs SLIPWAY_TEST_POSTGRES (scripts/postgres.sh)",
+        );
+        let name = format!("slipway_e2e_{}_{}", std::process::id(), free_port());
+        let db = Postgres { base, name };
+        db.psql(&format!("CREATE DATABASE {}", db.name));
+        Some(db)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.base, self.name)
+    }
+
+    fn psql(&self, sql: &str) {
+        let out = run(Command::new("psql")
+            .arg(format!("{}/postgres", self.base))
+            .args(["-qAtc", sql]));
+        assert!(out.status.success(), "psql {sql}: {}", text(&out));
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }
 
 impl Server {
@@ -90,6 +137,7 @@ impl Server {
             registry: free_port(),
             http: free_port(),
             token: String::new(),
+            database: Postgres::for_this_run(),
             child: None,
         };
         server.spawn();
@@ -104,10 +152,12 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(slipway_bin())
-            .arg("server")
-            .arg("--data")
-            .arg(self.data())
+        let mut cmd = Command::new(slipway_bin());
+        cmd.arg("server").arg("--data").arg(self.data());
+        if let Some(db) = &self.database {
+            cmd.arg("--database-url").arg(db.url());
+        }
+        let child = cmd
             .env("SLIPWAY_API_ADDR", format!("127.0.0.1:{}", self.api))
             .env("SLIPWAY_SSH_ADDR", format!("127.0.0.1:{}", self.ssh))
             .env(

@@ -1,0 +1,2 @@
+-- Maintenance mode: the router answers 503 with a maintenance page while it is on.
+ALTER TABLE apps ADD COLUMN maintenance BIGINT NOT NULL DEFAULT 0;
