@@ -1,5 +1,6 @@
-//! The HTTP face of the registry: one axum route for `/v2/*`, authentication, and a handler per
-//! endpoint that turns a request into a storage call and the result into an OCI response.
+//! The HTTP face of the registry: one axum route for `/v2/*` (and `/metrics`), authentication,
+//! and a handler per endpoint that turns a request into a storage call and the result into an
+//! OCI response.
 //!
 //! Owns: methods, headers, query parameters, status codes and body streaming. Must not: touch the
 //! filesystem (that is [`crate::storage`]), parse paths (that is [`crate::route`]), or build
@@ -10,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -22,7 +23,8 @@ use slipway_core::ports::Identity;
 
 use crate::auth;
 use crate::error::RegistryError;
-use crate::manifest::{self, MAX_MANIFEST_BYTES, ManifestError};
+use crate::manifest::{self, MAX_MANIFEST_BYTES, ManifestError, OCI_INDEX};
+use crate::metrics::{self, Counters};
 use crate::names::{Algorithm, Digest, Reference, RepoName, UploadId};
 use crate::route::{self, Route};
 use crate::storage::{Storage, StorageError};
@@ -59,6 +61,8 @@ pub enum RequestError {
 }
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 /// What every request handler shares.
 pub(crate) struct Shared {
@@ -66,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) storage: Storage,
     /// Who is who, asked on every request.
     pub(crate) identity: Arc<dyn Identity>,
+    /// Requests and bytes, for [`crate::Registry::metrics`].
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// The registry's routes. `/v2/*` is routed once and parsed by [`route::parse`], since
@@ -75,13 +81,38 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v2", any(handle))
         .route("/v2/", any(handle))
         .route("/v2/{*path}", any(handle))
+        .route("/metrics", any(handle_metrics))
         // Blob bodies stream to disk and may be gigabytes, so axum's 2 MB default must not
         // apply; manifest bodies are capped at MAX_MANIFEST_BYTES by `read_manifest`.
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
 }
 
+/// `GET /metrics`: the counters in Prometheus text, for authenticated users like every route.
+async fn handle_metrics(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    shared.counters.request();
+    let (parts, _body) = request.into_parts();
+    let answer = async {
+        auth::authenticate(shared.identity.as_ref(), &parts.headers).await?;
+        if parts.method != Method::GET {
+            return Err(RequestError::MethodNotAllowed {
+                method: parts.method.to_string(),
+                endpoint: "/metrics",
+            }
+            .into());
+        }
+        let text = shared
+            .counters
+            .snapshot(shared.storage.stored_bytes())
+            .to_prometheus();
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        Ok::<_, RegistryError>(([(header::CONTENT_TYPE, content_type)], text).into_response())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    shared.counters.request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = dispatch(&shared, request)
@@ -107,69 +138,115 @@ async fn dispatch(shared: &Shared, request: Request) -> Result<Response, Registr
     let storage = &shared.storage;
     let method = &parts.method;
     let headers = &parts.headers;
+    let received = |body: Body| body_stream(body, shared.counters.clone());
     let not_allowed = |endpoint| RequestError::MethodNotAllowed {
         method: method.to_string(),
         endpoint,
     };
-    match route {
+    let response = match route {
         Route::Base => match *method {
-            Method::GET | Method::HEAD => Ok(axum::Json(json!({})).into_response()),
-            _ => Err(not_allowed("/v2/").into()),
+            Method::GET | Method::HEAD => axum::Json(json!({})).into_response(),
+            _ => return Err(not_allowed("/v2/").into()),
         },
         Route::Catalog => match *method {
-            Method::GET => catalog(storage, &query).await,
-            _ => Err(not_allowed("the catalog").into()),
+            Method::GET => catalog(storage, &query).await?,
+            _ => return Err(not_allowed("the catalog").into()),
         },
         Route::Tags(repo) => match *method {
-            Method::GET => tags(storage, &repo, &query).await,
-            _ => Err(not_allowed("tags").into()),
+            Method::GET => tags(storage, &repo, &query).await?,
+            _ => return Err(not_allowed("tags").into()),
         },
         Route::Manifest(repo, reference) => match *method {
-            Method::GET => get_manifest(storage, &repo, &reference, false).await,
-            Method::HEAD => get_manifest(storage, &repo, &reference, true).await,
-            Method::PUT => put_manifest(storage, &repo, &reference, headers, body).await,
-            _ => Err(not_allowed("manifests").into()),
+            Method::GET => get_manifest(storage, &repo, &reference, false).await?,
+            Method::HEAD => get_manifest(storage, &repo, &reference, true).await?,
+            Method::PUT => {
+                let bytes = read_manifest(headers, body).await?;
+                shared.counters.received(bytes.len());
+                put_manifest(storage, &repo, &reference, headers, bytes).await?
+            }
+            Method::DELETE => {
+                storage.delete_manifest(&repo, &reference).await?;
+                accepted()
+            }
+            _ => return Err(not_allowed("manifests").into()),
         },
-        Route::Blob(_repo, digest) => match *method {
-            Method::GET => get_blob(storage, &digest, headers, false).await,
-            Method::HEAD => get_blob(storage, &digest, headers, true).await,
-            _ => Err(not_allowed("blobs").into()),
+        Route::Blob(repo, digest) => match *method {
+            Method::GET => get_blob(shared, &repo, &digest, headers, false).await?,
+            Method::HEAD => get_blob(shared, &repo, &digest, headers, true).await?,
+            Method::DELETE => {
+                storage.delete_blob(&repo, &digest).await?;
+                accepted()
+            }
+            _ => return Err(not_allowed("blobs").into()),
         },
         Route::Uploads(repo) => match *method {
-            Method::POST => start_upload(storage, &repo, &query, body).await,
-            _ => Err(not_allowed("uploads").into()),
+            Method::POST => start_upload(storage, &repo, &query, received(body)).await?,
+            _ => return Err(not_allowed("uploads").into()),
         },
         Route::Upload(repo, id) => match *method {
             Method::GET => {
                 let size = storage.upload_size(&repo, &id).await?;
-                Ok(upload_response(StatusCode::NO_CONTENT, &repo, &id, size))
+                upload_response(StatusCode::NO_CONTENT, &repo, &id, size)
             }
-            Method::PATCH => patch_upload(storage, &repo, &id, headers, body).await,
+            Method::PATCH => patch_upload(storage, &repo, &id, headers, received(body)).await?,
             Method::PUT => {
                 let digest = query_digest(&query, "digest")?.ok_or(RequestError::DigestMissing)?;
                 storage
-                    .finish_upload(&repo, &id, &digest, body_stream(body))
+                    .finish_upload(&repo, &id, &digest, received(body))
                     .await?;
-                Ok(blob_created(&repo, &digest))
+                blob_created(&repo, &digest)
             }
             Method::DELETE => {
                 storage.cancel_upload(&repo, &id).await?;
-                Ok(StatusCode::NO_CONTENT.into_response())
+                StatusCode::NO_CONTENT.into_response()
             }
-            _ => Err(not_allowed("an upload").into()),
+            _ => return Err(not_allowed("an upload").into()),
         },
+        Route::Referrers(repo, subject) => match *method {
+            Method::GET => referrers(storage, &repo, &subject, &query).await?,
+            _ => return Err(not_allowed("referrers").into()),
+        },
+    };
+    Ok(count_sent(response, &shared.counters))
+}
+
+/// Counts the body of a successful answer as sent: a streamed blob as it goes, any other body
+/// by its declared length.
+fn count_sent(response: Response, counters: &Arc<Counters>) -> Response {
+    if let Some(len) = response.body().size_hint().exact() {
+        counters.sent(usize::try_from(len).unwrap_or(usize::MAX));
+        return response;
     }
+    let (parts, body) = response.into_parts();
+    let stream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(io::Error::other));
+    let stream = metrics::counted(stream, counters.clone(), Counters::sent);
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// The answer to an accepted delete.
+fn accepted() -> Response {
+    respond(
+        StatusCode::ACCEPTED,
+        &[(header::CONTENT_LENGTH, "0".to_owned())],
+        Body::empty(),
+    )
 }
 
 /// `HEAD`/`GET /v2/<name>/blobs/<digest>`, with a single byte range honoured.
 async fn get_blob(
-    storage: &Storage,
+    shared: &Shared,
+    repo: &RepoName,
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, RegistryError> {
-    let blob = storage.open_blob(digest).await?;
-    let size = blob.size();
+    let size = shared
+        .storage
+        .blob_size(repo, digest)
+        .await?
+        .ok_or_else(|| StorageError::BlobUnknown(digest.to_string()))?;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -200,7 +277,7 @@ async fn get_blob(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_stream(blob.into_stream(start, len).await?)
+        Body::from_stream(shared.storage.read_blob(digest, start, len).await?)
     };
     Ok(respond(status, &extra, body))
 }
@@ -257,19 +334,20 @@ async fn start_upload(
     storage: &Storage,
     repo: &RepoName,
     query: &HashMap<String, String>,
-    body: Body,
+    body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 ) -> Result<Response, RegistryError> {
     if let Some(digest) = query_digest(query, "mount")? {
-        // Blobs are shared by all repositories, so a mount only needs the blob to exist. With
-        // scopes (issue #4) the user must also be allowed to pull `from`.
+        // A mount without `from` would need the registry to find the blob in some repository
+        // the user may read; with per-repository scopes to come (issue #4) it gets a session.
+        // With scopes the user must also be allowed to pull `from`.
         if let Some(from) = query.get("from") {
-            RepoName::parse(from)?;
-        }
-        if storage.blob_size(&digest).await?.is_some() {
-            return Ok(blob_created(repo, &digest));
+            let from = RepoName::parse(from)?;
+            if storage.mount_blob(repo, &from, &digest).await? {
+                return Ok(blob_created(repo, &digest));
+            }
         }
     } else if let Some(digest) = query_digest(query, "digest")? {
-        storage.put_blob(&digest, body_stream(body)).await?;
+        storage.put_blob(repo, &digest, body).await?;
         return Ok(blob_created(repo, &digest));
     }
     let id = storage.start_upload(repo).await?;
@@ -282,7 +360,7 @@ async fn patch_upload(
     repo: &RepoName,
     id: &UploadId,
     headers: &HeaderMap,
-    body: Body,
+    body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 ) -> Result<Response, RegistryError> {
     let start = match headers.get(header::CONTENT_RANGE) {
         None => None,
@@ -294,9 +372,7 @@ async fn patch_upload(
             )
         }
     };
-    let size = storage
-        .append_upload(repo, id, start, body_stream(body))
-        .await?;
+    let size = storage.append_upload(repo, id, start, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, id, size))
 }
 
@@ -340,7 +416,7 @@ async fn put_manifest(
     repo: &RepoName,
     reference: &Reference,
     headers: &HeaderMap,
-    body: Body,
+    bytes: Bytes,
 ) -> Result<Response, RegistryError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -348,7 +424,6 @@ async fn put_manifest(
         .and_then(|v| v.split(';').next())
         .map(str::trim)
         .filter(|v| !v.is_empty());
-    let bytes = read_manifest(headers, body).await?;
     let inspected = manifest::inspect(content_type, &bytes)?;
     let (tag, digest) = match reference {
         Reference::Tag(tag) => (Some(tag), Digest::of(Algorithm::Sha256, &bytes)),
@@ -364,24 +439,47 @@ async fn put_manifest(
             (None, actual)
         }
     };
+    let subject = inspected.subject.clone();
     storage
-        .put_manifest(
-            repo,
-            tag,
-            &digest,
-            &inspected.media_type,
-            bytes,
-            &inspected.blobs,
-        )
+        .put_manifest(repo, tag, &digest, inspected, bytes)
         .await?;
+    let mut headers = vec![
+        (header::LOCATION, format!("/v2/{repo}/manifests/{digest}")),
+        (DOCKER_CONTENT_DIGEST, digest.to_string()),
+        (header::CONTENT_LENGTH, "0".to_owned()),
+    ];
+    if let Some(subject) = subject {
+        // Tells the client that this registry indexes referrers, so it need not maintain the
+        // fallback tag schema.
+        headers.push((OCI_SUBJECT, subject.to_string()));
+    }
+    Ok(respond(StatusCode::CREATED, &headers, Body::empty()))
+}
+
+/// `GET /v2/<name>/referrers/<digest>`: an image index of the manifests whose subject is the
+/// digest, filtered by `artifactType` when the query names one. A subject without referrers,
+/// or one that does not exist, has an empty index.
+async fn referrers(
+    storage: &Storage,
+    repo: &RepoName,
+    subject: &Digest,
+    query: &HashMap<String, String>,
+) -> Result<Response, RegistryError> {
+    let artifact_type = query.get("artifactType").map(String::as_str);
+    let manifests = storage.referrers(repo, subject, artifact_type).await?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut headers = vec![(header::CONTENT_TYPE, OCI_INDEX.to_owned())];
+    if artifact_type.is_some() {
+        headers.push((OCI_FILTERS_APPLIED, "artifactType".to_owned()));
+    }
     Ok(respond(
-        StatusCode::CREATED,
-        &[
-            (header::LOCATION, format!("/v2/{repo}/manifests/{digest}")),
-            (DOCKER_CONTENT_DIGEST, digest.to_string()),
-            (header::CONTENT_LENGTH, "0".to_owned()),
-        ],
-        Body::empty(),
+        StatusCode::OK,
+        &headers,
+        Body::from(index.to_string()),
     ))
 }
 
@@ -537,10 +635,15 @@ fn header_value(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// A request body as the byte stream storage consumes.
-fn body_stream(body: Body) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
-    body.into_data_stream()
-        .map(|chunk| chunk.map_err(io::Error::other))
+/// A request body as the byte stream storage consumes, counted as received.
+fn body_stream(
+    body: Body,
+    counters: Arc<Counters>,
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    let stream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(io::Error::other));
+    metrics::counted(stream, counters, Counters::received)
 }
 
 #[cfg(test)]

@@ -9,19 +9,26 @@
 //! - [`auth`]: Basic credentials checked against the controller's `Identity` port.
 //! - [`route`]: `/v2/...` paths parsed into endpoints (pure).
 //! - [`names`]: repository names, tags, digests and upload ids, validated (pure).
-//! - [`manifest`]: accepted media types and the blobs a manifest references (pure).
-//! - [`storage`]: the on-disk layout; the only module that does IO.
+//! - [`manifest`]: accepted media types and what a manifest references (pure).
+//! - [`storage`]: what is stored and what is visible: digest checks, upload sessions and their
+//!   expiry, per-repository blobs, manifests, tags, referrers; over any [`backend`].
+//! - [`backend`]: the object-store trait storage is kept in (the seam for an S3 backend).
+//! - [`fs`]: the filesystem backend; with `backend`, the only code that does IO.
+//! - [`metrics`]: request and byte counters and their Prometheus text.
 //! - [`error`]: the crate error and its one mapping to OCI error responses.
 //!
 //! Invariants: no filesystem path is built from unvalidated input; a blob becomes visible only
-//! after its digest was verified; no request body is held whole in memory except a manifest
-//! (at most 4 MiB). This crate does not read the controller's tables; it asks through
-//! [`slipway_core::ports::Identity`].
+//! after its digest was verified, and only in the repository it was pushed or mounted to; no
+//! request body is held whole in memory except a manifest (at most 4 MiB). This crate does not
+//! read the controller's tables; it asks through [`slipway_core::ports::Identity`].
 
 mod api;
 mod auth;
+mod backend;
 mod error;
+mod fs;
 mod manifest;
+mod metrics;
 mod names;
 mod route;
 mod storage;
@@ -29,14 +36,20 @@ mod storage;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use slipway_core::ports::Identity;
 
 pub use api::RequestError;
 pub use error::RegistryError;
 pub use manifest::ManifestError;
+pub use metrics::Metrics;
 pub use names::NameError;
 pub use storage::StorageError;
+
+/// How long an upload session may go untouched before [`Registry::serve`] removes it, unless
+/// [`Registry::with_upload_expiry`] says otherwise.
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(60 * 60);
 
 /// How to run the registry.
 #[derive(Debug, Clone)]
@@ -64,6 +77,7 @@ impl RegistryConfig {
 #[derive(Clone)]
 pub struct Registry {
     shared: Arc<api::Shared>,
+    upload_expiry: Duration,
 }
 
 impl Registry {
@@ -76,8 +90,35 @@ impl Registry {
         config.validate()?;
         let storage = storage::Storage::open(&config.root)?;
         Ok(Registry {
-            shared: Arc::new(api::Shared { storage, identity }),
+            shared: Arc::new(api::Shared {
+                storage,
+                identity,
+                counters: Arc::default(),
+            }),
+            upload_expiry: DEFAULT_UPLOAD_EXPIRY,
         })
+    }
+
+    /// Sets how long an upload session may go untouched (no request on it) before it is removed
+    /// with its data; [`DEFAULT_UPLOAD_EXPIRY`] otherwise.
+    pub fn with_upload_expiry(mut self, expiry: Duration) -> Registry {
+        self.upload_expiry = expiry;
+        self
+    }
+
+    /// The registry's counters since it was created: requests, bytes in and out, and the bytes
+    /// of content in storage. `GET /metrics` serves the same in Prometheus text.
+    pub fn metrics(&self) -> Metrics {
+        self.shared
+            .counters
+            .snapshot(self.shared.storage.stored_bytes())
+    }
+
+    /// Removes the upload sessions untouched for longer than the upload expiry; returns how
+    /// many. [`Registry::serve`] does this periodically; a caller that serves
+    /// [`Registry::router`] itself calls it.
+    pub async fn expire_uploads(&self) -> usize {
+        self.shared.storage.expire_uploads(self.upload_expiry).await
     }
 
     /// The registry's HTTP routes (`/v2/...`), to serve on their own or merged into a larger app.
@@ -86,7 +127,7 @@ impl Registry {
     }
 
     /// Serves the registry on `listener` until `shutdown` completes, then finishes the requests
-    /// in flight and returns.
+    /// in flight and returns. Expires abandoned uploads meanwhile.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -95,8 +136,27 @@ impl Registry {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "registry listening");
         }
-        axum::serve(listener, self.router())
+        let sweeper = tokio::spawn(self.clone().sweep_uploads());
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        sweeper.abort();
+        served
+    }
+
+    /// Expires abandoned uploads forever, checking a few times per expiry period (at most
+    /// every minute), so a session lives between one and about one and a half periods.
+    async fn sweep_uploads(self) {
+        let period =
+            (self.upload_expiry / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let expired = self.expire_uploads().await;
+            if expired > 0 {
+                tracing::info!(expired, "registry expired abandoned uploads");
+            }
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! Owns: the accepted manifest media types and the reading of a manifest's JSON. Must not: do
 //! IO, or change the manifest; the bytes are stored exactly as the client sent them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::names::Digest;
 
@@ -45,59 +48,135 @@ pub(crate) struct Inspected {
     /// The blobs that must exist before the manifest may be stored: an image manifest's config
     /// and layers. Empty for indexes, whose children are manifests, not blobs.
     pub(crate) blobs: Vec<Digest>,
+    /// The manifests that must exist before the manifest may be stored: an index's children.
+    pub(crate) manifests: Vec<Digest>,
+    /// The manifest this one refers to (`subject`), which need not exist.
+    pub(crate) subject: Option<Digest>,
+    /// What the referrers API lists this manifest as: its `artifactType`, or for an image
+    /// manifest without one its config's media type.
+    pub(crate) artifact_type: Option<String>,
+    /// The manifest's annotations, as the referrers API repeats them.
+    pub(crate) annotations: Option<BTreeMap<String, String>>,
 }
 
+impl Inspected {
+    /// The descriptor the referrers API lists for this manifest, stored with `digest` and `size`.
+    pub(crate) fn referrer_descriptor(&self, digest: &Digest, size: usize) -> Value {
+        let mut descriptor = json!({
+            "mediaType": self.media_type,
+            "digest": digest.to_string(),
+            "size": size,
+        });
+        if let Some(artifact_type) = &self.artifact_type {
+            descriptor["artifactType"] = json!(artifact_type);
+        }
+        if let Some(annotations) = &self.annotations {
+            descriptor["annotations"] = json!(annotations);
+        }
+        descriptor
+    }
+}
+
+/// The fields of an image manifest or index that the registry reads. Unknown fields are kept in
+/// the stored bytes and ignored here.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Header {
-    #[serde(default)]
+struct Raw {
+    schema_version: Option<u64>,
     media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
+/// A content descriptor; the three fields every descriptor must have.
 #[derive(Deserialize)]
-struct ImageManifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Descriptor {
+    media_type: String,
     digest: String,
+    /// Read only to require it.
+    #[serde(rename = "size")]
+    _size: u64,
+}
+
+impl Descriptor {
+    fn digest(&self) -> Result<Digest, ManifestError> {
+        Digest::parse(&self.digest).map_err(|e| ManifestError::Invalid(e.to_string()))
+    }
+}
+
+fn invalid(message: &str) -> ManifestError {
+    ManifestError::Invalid(message.to_owned())
 }
 
 /// Checks a pushed manifest. `content_type` is the request's `Content-Type` without parameters;
-/// when absent, the manifest's own `mediaType` field decides.
+/// when absent, the manifest's own `mediaType` field decides. When both are given they must
+/// agree, so that what a client pulls is typed as what was pushed.
 pub(crate) fn inspect(
     content_type: Option<&str>,
     bytes: &[u8],
 ) -> Result<Inspected, ManifestError> {
-    let header: Header =
+    let raw: Raw =
         serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(e.to_string()))?;
-    let media_type = match (content_type, header.media_type) {
+    let media_type = match (content_type, raw.media_type.as_deref()) {
+        (Some(ct), Some(mt)) if ct != mt => {
+            return Err(ManifestError::Invalid(format!(
+                "Content-Type {ct:?} differs from the manifest's mediaType {mt:?}"
+            )));
+        }
         (Some(ct), _) => ct.to_owned(),
-        (None, Some(mt)) => mt,
-        (None, None) => {
-            return Err(ManifestError::Invalid(
-                "no Content-Type and no mediaType field".to_owned(),
-            ));
-        }
+        (None, Some(mt)) => mt.to_owned(),
+        (None, None) => return Err(invalid("no Content-Type and no mediaType field")),
     };
-    let blobs = match media_type.as_str() {
+    if !matches!(
+        media_type.as_str(),
+        OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_MANIFEST_LIST
+    ) {
+        return Err(ManifestError::MediaType(media_type));
+    }
+    if raw.schema_version != Some(2) {
+        return Err(invalid("schemaVersion must be 2"));
+    }
+    let digests = |list: &[Descriptor]| -> Result<Vec<Digest>, ManifestError> {
+        list.iter().map(Descriptor::digest).collect()
+    };
+    let (blobs, manifests, config_type) = match media_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let m: ImageManifest =
-                serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(e.to_string()))?;
-            std::iter::once(&m.config)
-                .chain(&m.layers)
-                .map(|d| {
-                    Digest::parse(&d.digest).map_err(|e| ManifestError::Invalid(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            let config = raw
+                .config
+                .as_ref()
+                .ok_or_else(|| invalid("an image manifest needs a config descriptor"))?;
+            if raw.manifests.is_some() {
+                return Err(invalid("an image manifest has no manifests list"));
+            }
+            let mut blobs = vec![config.digest()?];
+            blobs.extend(digests(raw.layers.as_deref().unwrap_or_default())?);
+            (blobs, Vec::new(), Some(config.media_type.clone()))
         }
-        OCI_INDEX | DOCKER_MANIFEST_LIST => Vec::new(),
-        _ => return Err(ManifestError::MediaType(media_type)),
+        _ => {
+            let children = raw
+                .manifests
+                .as_deref()
+                .ok_or_else(|| invalid("an index needs a manifests list"))?;
+            if raw.config.is_some() || raw.layers.is_some() {
+                return Err(invalid("an index has no config or layers"));
+            }
+            (Vec::new(), digests(children)?, None)
+        }
     };
-    Ok(Inspected { media_type, blobs })
+    let subject = raw.subject.as_ref().map(Descriptor::digest).transpose()?;
+    Ok(Inspected {
+        media_type,
+        blobs,
+        manifests,
+        subject,
+        artifact_type: raw.artifact_type.or(config_type),
+        annotations: raw.annotations,
+    })
 }
 
 #[cfg(test)]
@@ -106,17 +185,31 @@ mod tests {
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
+    fn descriptor(digest: &str) -> String {
+        format!(r#"{{"mediaType":"x/y","digest":"{digest}","size":1}}"#)
+    }
+
+    /// Inspects `json` and writes what was found in one line: the media type, then the first two
+    /// hex digits of each referenced blob, child manifest and subject, then the artifact type.
     fn check(content_type: Option<&str>, json: &str, expected: &str) {
+        let short = |ds: &[Digest]| -> String {
+            ds.iter()
+                .map(|d| d.to_string()[7..9].to_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let actual = match inspect(content_type, json.as_bytes()) {
-            Ok(i) => {
-                let blobs: Vec<String> = i
-                    .blobs
-                    .iter()
-                    .map(|d| d.to_string()[7..9].to_owned())
-                    .collect();
-                format!("{} {}", i.media_type, blobs.join(","))
-            }
+            Ok(i) => format!(
+                "{} blobs={} manifests={} subject={} artifact={}",
+                i.media_type,
+                short(&i.blobs),
+                short(&i.manifests),
+                short(i.subject.as_slice()),
+                i.artifact_type.as_deref().unwrap_or("-"),
+            ),
             Err(e) => format!("error: {e}"),
         };
         assert_eq!(actual, expected, "{json}");
@@ -125,34 +218,83 @@ mod tests {
     #[test]
     fn image_manifests_list_config_and_layers() {
         let json = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{A}","size":1}},"layers":[{{"digest":"{B}","size":2}}]}}"#
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{CONFIG}","digest":"{A}","size":1}},"layers":[{}]}}"#,
+            descriptor(B)
         );
-        check(Some(OCI_MANIFEST), &json, &format!("{OCI_MANIFEST} aa,bb"));
+        check(
+            Some(OCI_MANIFEST),
+            &json,
+            &format!("{OCI_MANIFEST} blobs=aa,bb manifests= subject= artifact={CONFIG}"),
+        );
         check(
             Some(DOCKER_MANIFEST),
             &json,
-            &format!("{DOCKER_MANIFEST} aa,bb"),
+            &format!("{DOCKER_MANIFEST} blobs=aa,bb manifests= subject= artifact={CONFIG}"),
         );
-        let typed = format!(r#"{{"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{A}"}}}}"#);
-        check(None, &typed, &format!("{OCI_MANIFEST} aa"));
+        let typed = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{}}}"#,
+            descriptor(A)
+        );
+        check(
+            None,
+            &typed,
+            &format!("{OCI_MANIFEST} blobs=aa manifests= subject= artifact=x/y"),
+        );
     }
 
     #[test]
-    fn indexes_reference_no_blobs() {
-        let json = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{A}"}}]}}"#);
-        check(Some(OCI_INDEX), &json, &format!("{OCI_INDEX} "));
+    fn indexes_reference_manifests() {
+        let json = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{}]}}"#,
+            descriptor(A),
+            descriptor(B)
+        );
+        check(
+            Some(OCI_INDEX),
+            &json,
+            &format!("{OCI_INDEX} blobs= manifests=aa,bb subject= artifact=-"),
+        );
         check(
             Some(DOCKER_MANIFEST_LIST),
             &json,
-            &format!("{DOCKER_MANIFEST_LIST} "),
+            &format!("{DOCKER_MANIFEST_LIST} blobs= manifests=aa,bb subject= artifact=-"),
+        );
+    }
+
+    #[test]
+    fn artifacts_with_a_subject() {
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.example.sbom","config":{},"layers":[],"subject":{},"annotations":{{"k":"v"}}}}"#,
+            descriptor(A),
+            descriptor(C)
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &json,
+            &format!(
+                "{OCI_MANIFEST} blobs=aa manifests= subject=cc artifact=application/vnd.example.sbom"
+            ),
+        );
+        let inspected = inspect(None, json.as_bytes()).expect("inspect");
+        let digest = Digest::parse(B).expect("digest");
+        assert_eq!(
+            inspected.referrer_descriptor(&digest, 42),
+            json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": B,
+                "size": 42,
+                "artifactType": "application/vnd.example.sbom",
+                "annotations": {"k": "v"},
+            })
         );
     }
 
     #[test]
     fn refusals() {
+        let manifest = |body: &str| format!(r#"{{"schemaVersion":2,{body}}}"#);
         check(
             Some("text/plain"),
-            "{}",
+            &manifest(r#""layers":[]"#),
             r#"error: unsupported manifest media type "text/plain": push an OCI image manifest or index, or a Docker schema 2 manifest or list"#,
         );
         check(
@@ -166,9 +308,47 @@ mod tests {
             "error: invalid manifest: expected ident at line 1 column 2",
         );
         check(
+            Some(OCI_INDEX),
+            &format!(r#"{{"mediaType":"{OCI_MANIFEST}"}}"#),
+            r#"error: invalid manifest: Content-Type "application/vnd.oci.image.index.v1+json" differs from the manifest's mediaType "application/vnd.oci.image.manifest.v1+json""#,
+        );
+        check(
             Some(OCI_MANIFEST),
-            r#"{"config":{"digest":"sha256:zz"}}"#,
+            &format!(r#"{{"schemaVersion":1,"config":{}}}"#, descriptor(A)),
+            "error: invalid manifest: schemaVersion must be 2",
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &manifest(r#""layers":[]"#),
+            "error: invalid manifest: an image manifest needs a config descriptor",
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &manifest(r#""config":{"mediaType":"x/y","digest":"sha256:zz","size":1}"#),
             r#"error: invalid manifest: invalid digest "sha256:zz": expected sha256:<64 lower-case hex> or sha512:<128 hex>"#,
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &manifest(&format!(r#""config":{{"digest":"{A}","size":1}}"#)),
+            "error: invalid manifest: missing field `mediaType` at line 1 column 121",
+        );
+        check(
+            Some(OCI_INDEX),
+            &manifest(r#""layers":[]"#),
+            "error: invalid manifest: an index needs a manifests list",
+        );
+        check(
+            Some(OCI_INDEX),
+            &manifest(&format!(r#""manifests":[],"config":{}"#, descriptor(A))),
+            "error: invalid manifest: an index has no config or layers",
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &manifest(&format!(
+                r#""config":{},"subject":{{"mediaType":"x/y","digest":"nope","size":1}}"#,
+                descriptor(A)
+            )),
+            r#"error: invalid manifest: invalid digest "nope": expected sha256:<64 lower-case hex> or sha512:<128 hex>"#,
         );
     }
 }

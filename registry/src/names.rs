@@ -47,11 +47,6 @@ impl RepoName {
         }
     }
 
-    /// The name's components, in order.
-    pub(crate) fn components(&self) -> impl Iterator<Item = &str> {
-        self.0.split('/')
-    }
-
     /// The name as a string slice.
     pub(crate) fn as_str(&self) -> &str {
         &self.0
@@ -237,6 +232,15 @@ impl Reference {
             Digest::parse(s).map(Reference::Digest)
         } else {
             Tag::parse(s).map(Reference::Tag)
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(tag) => f.write_str(tag.as_str()),
+            Reference::Digest(digest) => digest.fmt(f),
         }
     }
 }

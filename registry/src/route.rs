@@ -2,7 +2,8 @@
 //!
 //! Owns: the shape of every Distribution API path. Repository names have any number of
 //! components, so the path is matched from its end (`.../manifests/<ref>`, `.../tags/list`,
-//! `.../blobs/<digest>`, `.../blobs/uploads/[<id>]`) and whatever precedes the suffix is the name.
+//! `.../blobs/<digest>`, `.../blobs/uploads/[<id>]`, `.../referrers/<digest>`) and whatever
+//! precedes the suffix is the name.
 //! Must not: do IO or look at methods, headers or bodies.
 
 use crate::names::{Digest, NameError, Reference, RepoName, UploadId};
@@ -24,6 +25,8 @@ pub(crate) enum Route {
     Uploads(RepoName),
     /// `/v2/<name>/blobs/uploads/<id>`: one upload session.
     Upload(RepoName, UploadId),
+    /// `/v2/<name>/referrers/<digest>`: the manifests whose subject is the digest.
+    Referrers(RepoName, Digest),
 }
 
 /// Parses a request path. `Ok(None)` means the path is no Distribution API endpoint; `Err` means
@@ -57,6 +60,8 @@ pub(crate) fn parse(path: &str) -> Result<Option<Route>, NameError> {
         Route::Uploads(name(2)?)
     } else if second == "blobs" {
         Route::Blob(name(2)?, Digest::parse(last)?)
+    } else if second == "referrers" {
+        Route::Referrers(name(2)?, Digest::parse(last)?)
     } else if third == "blobs" && second == "uploads" && n >= 4 {
         if last.is_empty() {
             Route::Uploads(name(3)?)
@@ -92,7 +97,13 @@ mod tests {
         check("/v3/", None);
         check("/v2x", None);
         check("/v2/app", None);
-        check("/v2/app/referrers/x", None);
+        check("/v2/app/referrers", None);
+        check(
+            &format!("/v2/a/b/referrers/{DIGEST}"),
+            Some(
+                r#"Referrers(RepoName("a/b"), Digest { algorithm: Sha256, hex: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae" })"#,
+            ),
+        );
         check("/v2/a/b/c/tags/list", Some(r#"Tags(RepoName("a/b/c"))"#));
         check(
             "/v2/a/manifests/latest",
@@ -144,6 +155,12 @@ mod tests {
         check(
             "/v2/a/blobs/uploads/xyz",
             Some(r#"error: invalid upload id "xyz""#),
+        );
+        check(
+            "/v2/a/referrers/latest",
+            Some(
+                r#"error: invalid digest "latest": expected sha256:<64 lower-case hex> or sha512:<128 hex>"#,
+            ),
         );
         check("/v2/blobs/uploads/", None);
     }

@@ -1,39 +1,43 @@
-//! Blob, upload, manifest and tag storage on the local filesystem.
+//! The registry's rules for what is stored and what is visible, over any [`Backend`].
 //!
-//! Owns: everything under the registry's root directory, and the only code in the crate that
-//! touches the disk. Layout:
+//! Owns: verifying content against its digest while it streams in, upload sessions and their
+//! expiry, which repository sees which blob, manifests, tags and the referrers index, and the
+//! count of stored bytes. Every write that spans several backend calls runs as its own task, so
+//! a client that goes away mid-request cannot leave it half done. Layout of keys:
 //!
 //! ```text
-//! <root>/blobs/<alg>/<hex[0..2]>/<hex>               content, written once, by digest
-//! <root>/uploads/<id>                                 upload in progress; temporary files
-//! <root>/repositories/<name>/_manifests/<alg>/<hex>   the manifest's media type; its bytes are the blob
-//! <root>/repositories/<name>/_tags/<tag>              the digest the tag points at
+//! blobs/<alg>/<hex[0..2]>/<hex>                                content, written once, by digest
+//! repositories/<name>/_blobs/<alg>/<hex>                       empty: the blob is in the repository
+//! repositories/<name>/_manifests/<alg>/<hex>                   the manifest's media type; its bytes are content
+//! repositories/<name>/_tags/<tag>                              the digest the tag points at
+//! repositories/<name>/_referrers/<alg>/<hex>/<alg>/<hex>       a referrer's descriptor, by subject
 //! ```
 //!
-//! Repository components never start with `_`, so `_manifests` and `_tags` cannot collide with a
-//! nested repository (`app/_tags` is no valid name). Every file outside `uploads/` appears by an
-//! atomic rename from `uploads/` (same filesystem), after its content was verified, so readers
-//! never see a partial blob, manifest or tag.
+//! Repository components never start with `_`, so these names cannot collide with a nested
+//! repository (`app/_tags` is no valid name). Content becomes visible only by a commit after its
+//! digest was verified; a blob becomes visible in a repository only after its content is there;
+//! a manifest only after every blob and child manifest it references is visible in its
+//! repository. Content is never removed here: deleting a blob or manifest removes its link,
+//! and reclaiming unlinked content is garbage collection's job.
 //!
-//! Must not: know HTTP, or build a path from anything but the validated types in
-//! [`crate::names`]. Blobs are shared by all repositories; per-repository blob visibility comes
-//! with access scopes (issue #4).
+//! Must not: know HTTP, or build a key from anything but fixed words and the validated types in
+//! [`crate::names`].
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256, Sha512};
-use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, Take};
-use tokio_util::io::ReaderStream;
 
-/// Bytes read from a blob file per chunk of a GET response.
-const READ_CHUNK: usize = 256 * 1024;
-
+use crate::backend::{Backend, ByteStream, Commit, Key};
+use crate::fs::{self, FsBackend};
+use crate::manifest::{self, Inspected};
 use crate::names::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
 
 /// Why a storage operation failed.
@@ -90,8 +94,15 @@ pub enum StorageError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
-    let path = path.to_owned();
+/// The key-shaped error of a failed backend call.
+fn io_err(op: &'static str, key: &Key) -> impl FnOnce(io::Error) -> StorageError {
+    let path = PathBuf::from(key.as_str());
+    move |source| StorageError::Io { op, path, source }
+}
+
+/// The error of a failed call on an upload.
+fn upload_err(op: &'static str, id: &UploadId) -> impl FnOnce(io::Error) -> StorageError {
+    let path = Path::new("uploads").join(id.as_str());
     move |source| StorageError::Io { op, path, source }
 }
 
@@ -106,221 +117,401 @@ pub(crate) struct StoredManifest {
     pub(crate) bytes: Bytes,
 }
 
-/// An open blob.
-pub(crate) struct Blob {
-    file: fs::File,
-    path: PathBuf,
-    size: u64,
-}
-
-impl Blob {
-    /// The blob's size in bytes.
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The `len` bytes from `start` on, as a stream.
-    pub(crate) async fn into_stream(
-        mut self,
-        start: u64,
-        len: u64,
-    ) -> Result<ReaderStream<Take<fs::File>>, StorageError> {
-        if start > 0 {
-            self.file
-                .seek(io::SeekFrom::Start(start))
-                .await
-                .map_err(io_err("seek", &self.path))?;
-        }
-        // ReaderStream's default 4 KiB chunks cost a syscall and an HTTP frame each; 256 KiB
-        // chunks let a pull run at disk and socket speed.
-        Ok(ReaderStream::with_capacity(self.file.take(len), READ_CHUNK))
-    }
-}
-
 /// One upload session. The hash state lives in memory, so uploads do not survive a restart
-/// (clients then start over); their files are removed when storage is opened.
+/// (clients then start over); the backend drops their data when it is opened.
 struct Session {
     repo: RepoName,
-    path: PathBuf,
     /// Held for the whole of each request on the session, so chunks never interleave.
     state: tokio::sync::Mutex<UploadState>,
 }
 
-/// What has arrived so far: always exactly the content of the session's file.
-#[derive(Default)]
+/// What has arrived so far: always exactly the content of the session's upload.
 struct UploadState {
     size: u64,
-    sha256: Sha256,
+    hashes: Hashes,
+    /// When a request last used the session; sessions untouched for long expire.
+    touched: Instant,
+    /// Set when the session ended (finished, cancelled, expired or broken) while a request was
+    /// waiting for it, so that request finds it gone.
+    ended: bool,
 }
 
-/// The registry's filesystem storage. Cheap to share behind an `Arc`.
+/// The running hashes of content as it streams in. A chunked upload learns its digest only at
+/// the end, so it feeds both algorithms; a monolithic one feeds only the one it was given.
+#[derive(Clone)]
+struct Hashes {
+    sha256: Option<Sha256>,
+    sha512: Option<Sha512>,
+}
+
+impl Hashes {
+    fn both() -> Hashes {
+        Hashes {
+            sha256: Some(Sha256::new()),
+            sha512: Some(Sha512::new()),
+        }
+    }
+
+    fn only(algorithm: Algorithm) -> Hashes {
+        Hashes {
+            sha256: (algorithm == Algorithm::Sha256).then(Sha256::new),
+            sha512: (algorithm == Algorithm::Sha512).then(Sha512::new),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if let Some(h) = &mut self.sha256 {
+            h.update(chunk);
+        }
+        if let Some(h) = &mut self.sha512 {
+            h.update(chunk);
+        }
+    }
+
+    /// The digest under `algorithm` of everything fed so far, if that algorithm was fed.
+    fn digest(&self, algorithm: Algorithm) -> Option<Digest> {
+        match algorithm {
+            Algorithm::Sha256 => self
+                .sha256
+                .clone()
+                .map(|h| Digest::from_hash(algorithm, &h.finalize())),
+            Algorithm::Sha512 => self
+                .sha512
+                .clone()
+                .map(|h| Digest::from_hash(algorithm, &h.finalize())),
+        }
+    }
+}
+
+/// The registry's storage. Cheap to clone; clones share everything.
+#[derive(Clone)]
 pub(crate) struct Storage {
-    root: PathBuf,
-    sessions: Mutex<HashMap<UploadId, Arc<Session>>>,
-}
-
-/// A file under `uploads/` that is removed when dropped unless it was renamed into place, so a
-/// failed or abandoned request leaves nothing behind.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    fn new(path: PathBuf) -> TempFile {
-        TempFile { path, armed: true }
-    }
-
-    async fn rename_to(mut self, dest: &Path) -> Result<(), StorageError> {
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .await
-                .map_err(io_err("create", parent))?;
-        }
-        fs::rename(&self.path, dest)
-            .await
-            .map_err(io_err("rename into", dest))?;
-        self.armed = false;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: a leftover is removed on the next start anyway.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
+    backend: Arc<dyn Backend>,
+    sessions: Arc<Mutex<HashMap<UploadId, Arc<Session>>>>,
+    /// The bytes of all content, counted at open and on every commit that created content.
+    stored: Arc<AtomicU64>,
 }
 
 impl Storage {
-    /// Opens (creating if missing) the storage under `root` and removes uploads left by an
-    /// earlier run.
+    /// Opens (creating if missing) filesystem storage under `root`, drops uploads left by an
+    /// earlier run and upgrades an older layout.
     pub(crate) fn open(root: &Path) -> Result<Storage, StorageError> {
-        for dir in ["blobs", "repositories"] {
-            let path = root.join(dir);
-            std::fs::create_dir_all(&path).map_err(io_err("create", &path))?;
-        }
-        let uploads = root.join("uploads");
-        match std::fs::remove_dir_all(&uploads) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("clear", &uploads)(e)),
-        }
-        std::fs::create_dir_all(&uploads).map_err(io_err("create", &uploads))?;
-        Ok(Storage {
-            root: root.to_owned(),
-            sessions: Mutex::new(HashMap::new()),
-        })
+        let at = |op| {
+            let path = root.to_owned();
+            move |source| StorageError::Io { op, path, source }
+        };
+        let backend = FsBackend::open(root).map_err(at("open"))?;
+        fs::upgrade_layout(root).map_err(at("upgrade"))?;
+        let stored = backend
+            .total_size(&Key::new("blobs"))
+            .map_err(at("measure"))?;
+        Ok(Storage::new(Arc::new(backend), stored))
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
+    /// Storage over `backend`, which holds `stored` bytes of content.
+    pub(crate) fn new(backend: Arc<dyn Backend>, stored: u64) -> Storage {
+        Storage {
+            backend,
+            sessions: Arc::default(),
+            stored: Arc::new(AtomicU64::new(stored)),
+        }
+    }
+
+    /// The bytes of content stored, counting each blob once however many repositories hold it.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    // Keys. Only these functions build them.
+
+    fn content_key(digest: &Digest) -> Key {
         let hex = digest.hex();
-        self.root
-            .join("blobs")
+        Key::new("blobs")
             .join(digest.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
     }
 
-    fn repo_path(&self, repo: &RepoName) -> PathBuf {
-        let mut path = self.root.join("repositories");
-        path.extend(repo.components());
-        path
+    fn repo_key(repo: &RepoName) -> Key {
+        Key::new("repositories").join(repo.as_str())
     }
 
-    fn manifest_link_path(&self, repo: &RepoName, digest: &Digest) -> PathBuf {
-        self.repo_path(repo)
-            .join("_manifests")
+    fn digest_key(repo: &RepoName, kind: &str, digest: &Digest) -> Key {
+        Storage::repo_key(repo)
+            .join(kind)
             .join(digest.algorithm().as_str())
             .join(digest.hex())
     }
 
-    fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.repo_path(repo).join("_tags").join(tag.as_str())
+    fn blob_link(repo: &RepoName, digest: &Digest) -> Key {
+        Storage::digest_key(repo, "_blobs", digest)
     }
 
-    fn temp_path(&self) -> PathBuf {
-        self.root
-            .join("uploads")
-            .join(format!("tmp-{}", UploadId::random()))
+    fn manifest_link(repo: &RepoName, digest: &Digest) -> Key {
+        Storage::digest_key(repo, "_manifests", digest)
     }
 
-    /// The size of a blob, or `None` if it is not stored.
-    pub(crate) async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let path = self.blob_path(digest);
-        match fs::metadata(&path).await {
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("stat", &path)(e)),
+    fn tag_key(repo: &RepoName, tag: &Tag) -> Key {
+        Storage::repo_key(repo).join("_tags").join(tag.as_str())
+    }
+
+    fn referrers_key(repo: &RepoName, subject: &Digest) -> Key {
+        Storage::digest_key(repo, "_referrers", subject)
+    }
+
+    fn referrer_key(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Key {
+        Storage::referrers_key(repo, subject)
+            .join(referrer.algorithm().as_str())
+            .join(referrer.hex())
+    }
+
+    // Small backend calls with the error naming the key.
+
+    async fn size(&self, key: &Key) -> Result<Option<u64>, StorageError> {
+        self.backend.size(key).await.map_err(io_err("stat", key))
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StorageError> {
+        self.backend.get(key).await.map_err(io_err("read", key))
+    }
+
+    async fn put(&self, key: &Key, bytes: impl Into<Bytes>) -> Result<(), StorageError> {
+        let bytes = bytes.into();
+        self.backend
+            .put(key, bytes)
+            .await
+            .map_err(io_err("write", key))
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StorageError> {
+        self.backend
+            .delete(key)
+            .await
+            .map_err(io_err("delete", key))
+    }
+
+    async fn list(&self, key: &Key) -> Result<Vec<String>, StorageError> {
+        self.backend.list(key).await.map_err(io_err("list", key))
+    }
+
+    // Blobs.
+
+    /// The size of a blob of `repo`, or `None` if the repository does not hold it.
+    pub(crate) async fn blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StorageError> {
+        if self
+            .size(&Storage::blob_link(repo, digest))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.size(&Storage::content_key(digest)).await
+    }
+
+    /// `len` bytes of a blob from `start` on.
+    pub(crate) async fn read_blob(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream, StorageError> {
+        let key = Storage::content_key(digest);
+        self.backend
+            .stream(&key, start, len)
+            .await
+            .map_err(io_err("open", &key))?
+            .ok_or_else(|| StorageError::BlobUnknown(digest.to_string()))
+    }
+
+    /// Makes a blob that `from` holds visible in `repo` too; `false` when `from` lacks it.
+    pub(crate) async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        if self.blob_size(from, digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.put(&Storage::blob_link(repo, digest), Bytes::new())
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes a blob from `repo`. Its content stays for other repositories and for garbage
+    /// collection.
+    pub(crate) async fn delete_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), StorageError> {
+        if self.delete(&Storage::blob_link(repo, digest)).await? {
+            Ok(())
+        } else {
+            Err(StorageError::BlobUnknown(digest.to_string()))
         }
     }
 
-    /// Opens a blob for reading.
-    pub(crate) async fn open_blob(&self, digest: &Digest) -> Result<Blob, StorageError> {
-        let path = self.blob_path(digest);
-        let file = match fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StorageError::BlobUnknown(digest.to_string()));
-            }
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let size = file.metadata().await.map_err(io_err("stat", &path))?.len();
-        Ok(Blob { file, path, size })
-    }
-
-    /// Stores a whole blob sent in one body, verifying it against `digest` as it streams in.
-    pub(crate) async fn put_blob<S>(&self, digest: &Digest, body: S) -> Result<(), StorageError>
+    /// Stores a whole blob sent in one body into `repo`, verifying it against `digest` as it
+    /// streams in.
+    pub(crate) async fn put_blob<S>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<(), StorageError>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     {
-        let temp = TempFile::new(self.temp_path());
-        let mut file = fs::File::create(&temp.path)
-            .await
-            .map_err(io_err("create", &temp.path))?;
-        let mut sha256 = Sha256::new();
-        write_body(&mut file, &temp.path, &mut sha256, &mut 0, body).await?;
-        self.commit_blob(temp, file, sha256, digest).await
+        let this = self.clone();
+        let (repo, digest) = (repo.clone(), digest.clone());
+        detach(async move {
+            let id = UploadId::random();
+            this.backend
+                .create_upload(&id)
+                .await
+                .map_err(upload_err("create", &id))?;
+            let mut hashes = Hashes::only(digest.algorithm());
+            let mut size = 0;
+            let written = this.write_body(&id, &mut hashes, &mut size, body).await;
+            match written {
+                Ok(()) => this.commit(&id, &repo, &digest, &hashes, size).await,
+                Err(e) => {
+                    this.discard(&id).await;
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
-    /// Verifies a finished temporary file against `digest` and renames it into place. On a
-    /// mismatch the file is removed, so nothing becomes visible.
-    async fn commit_blob(
+    /// Streams `body` onto the upload `id`, feeding `hashes` and counting `size`. When the body
+    /// breaks off, what was written still matches the hashes and the size; when a write fails,
+    /// they may disagree and the caller must throw the upload away.
+    async fn write_body<S>(
         &self,
-        temp: TempFile,
-        file: fs::File,
-        sha256: Sha256,
+        id: &UploadId,
+        hashes: &mut Hashes,
+        size: &mut u64,
+        body: S,
+    ) -> Result<(), StorageError>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send,
+    {
+        let mut writer = self
+            .backend
+            .append_upload(id)
+            .await
+            .map_err(upload_err("open", id))?;
+        let mut body = std::pin::pin!(body);
+        let mut result = Ok(());
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    result = Err(StorageError::Body(e));
+                    break;
+                }
+            };
+            writer
+                .write(&chunk)
+                .await
+                .map_err(upload_err("write", id))?;
+            hashes.update(&chunk);
+            *size += chunk.len() as u64;
+        }
+        writer.finish().await.map_err(upload_err("write", id))?;
+        result
+    }
+
+    /// Verifies the finished upload `id` against `expected` and commits it as content linked
+    /// into `repo`. On a mismatch the upload is discarded, so nothing becomes visible.
+    async fn commit(
+        &self,
+        id: &UploadId,
+        repo: &RepoName,
         expected: &Digest,
+        hashes: &Hashes,
+        size: u64,
     ) -> Result<(), StorageError> {
-        file.sync_all().await.map_err(io_err("sync", &temp.path))?;
-        drop(file);
-        let actual = match expected.algorithm() {
-            Algorithm::Sha256 => Digest::from_hash(Algorithm::Sha256, &sha256.finalize()),
-            // SHA-512 is rare, so it is computed only when asked for, from the file.
-            Algorithm::Sha512 => sha512_of_file(&temp.path).await?,
-        };
-        if actual != *expected {
+        let actual = hashes.digest(expected.algorithm());
+        if actual.as_ref() != Some(expected) {
+            self.discard(id).await;
             return Err(StorageError::DigestMismatch {
                 expected: expected.to_string(),
-                actual: actual.to_string(),
+                actual: actual.map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
             });
         }
-        temp.rename_to(&self.blob_path(expected)).await
+        let key = Storage::content_key(expected);
+        let committed = self
+            .backend
+            .commit_upload(id, &key)
+            .await
+            .map_err(io_err("commit", &key))?;
+        if committed == Commit::Created {
+            self.stored.fetch_add(size, Ordering::Relaxed);
+        }
+        self.put(&Storage::blob_link(repo, expected), Bytes::new())
+            .await
     }
+
+    /// Stores `bytes`, already known to have digest `digest`, as content.
+    async fn put_content(&self, digest: &Digest, bytes: Bytes) -> Result<(), StorageError> {
+        let key = Storage::content_key(digest);
+        if self.size(&key).await?.is_some() {
+            return Ok(());
+        }
+        let id = UploadId::random();
+        let written = async {
+            self.backend.create_upload(&id).await?;
+            let mut writer = self.backend.append_upload(&id).await?;
+            writer.write(&bytes).await?;
+            writer.finish().await?;
+            self.backend.commit_upload(&id, &key).await
+        }
+        .await;
+        match written {
+            Ok(Commit::Created) => {
+                self.stored.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Commit::Existed) => Ok(()),
+            Err(e) => {
+                self.discard(&id).await;
+                Err(io_err("store", &key)(e))
+            }
+        }
+    }
+
+    /// Removes an upload whose request failed. Best effort: what is left is dropped when the
+    /// backend is opened again.
+    async fn discard(&self, id: &UploadId) {
+        if let Err(e) = self.backend.remove_upload(id).await {
+            tracing::warn!(error = %e, upload = %id, "removing a failed upload");
+        }
+    }
+
+    // Upload sessions.
 
     /// Starts an upload session for `repo`.
     pub(crate) async fn start_upload(&self, repo: &RepoName) -> Result<UploadId, StorageError> {
         let id = UploadId::random();
-        let path = self.root.join("uploads").join(id.as_str());
-        fs::File::create(&path)
+        self.backend
+            .create_upload(&id)
             .await
-            .map_err(io_err("create", &path))?;
+            .map_err(upload_err("create", &id))?;
         let session = Session {
             repo: repo.clone(),
-            path,
-            state: tokio::sync::Mutex::default(),
+            state: tokio::sync::Mutex::new(UploadState {
+                size: 0,
+                hashes: Hashes::both(),
+                touched: Instant::now(),
+                ended: false,
+            }),
         };
         self.sessions().insert(id.clone(), Arc::new(session));
         Ok(id)
@@ -341,6 +532,29 @@ impl Storage {
             .ok_or_else(|| StorageError::UploadUnknown(id.to_string()))
     }
 
+    /// The session's state, locked, unless the session ended while this request waited.
+    async fn lock<'s>(
+        session: &'s Session,
+        id: &UploadId,
+    ) -> Result<tokio::sync::MutexGuard<'s, UploadState>, StorageError> {
+        let mut state = session.state.lock().await;
+        if state.ended {
+            return Err(StorageError::UploadUnknown(id.to_string()));
+        }
+        state.touched = Instant::now();
+        Ok(state)
+    }
+
+    /// Ends a session whose state is locked: no request uses it again, and its data is removed.
+    async fn end(&self, id: &UploadId, state: &mut UploadState) -> Result<(), StorageError> {
+        state.ended = true;
+        self.sessions().remove(id);
+        self.backend
+            .remove_upload(id)
+            .await
+            .map_err(upload_err("remove", id))
+    }
+
     /// How many bytes an upload holds.
     pub(crate) async fn upload_size(
         &self,
@@ -348,7 +562,7 @@ impl Storage {
         id: &UploadId,
     ) -> Result<u64, StorageError> {
         let session = self.session(repo, id)?;
-        let state = session.state.lock().await;
+        let state = Storage::lock(&session, id).await?;
         Ok(state.size)
     }
 
@@ -365,10 +579,9 @@ impl Storage {
         S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     {
         let session = self.session(repo, id)?;
-        // The append runs as its own task so that a client that goes away mid-chunk cannot
-        // cancel it between a write and the matching hash and size update.
-        let result = tokio::spawn(async move {
-            let mut state = session.state.lock().await;
+        let (this, id) = (self.clone(), id.clone());
+        detach(async move {
+            let mut state = Storage::lock(&session, &id).await?;
             if let Some(start) = start
                 && start != state.size
             {
@@ -377,20 +590,21 @@ impl Storage {
                     size: state.size,
                 });
             }
-            state.append(&session.path, body).await?;
-            Ok(state.size)
+            let UploadState { size, hashes, .. } = &mut *state;
+            let written = this.write_body(&id, hashes, size, body).await;
+            if let Err(StorageError::Io { .. }) = &written {
+                // After a failed write the upload and the hashes may disagree; the session is
+                // dead.
+                this.end(&id, &mut state).await?;
+            }
+            state.touched = Instant::now();
+            written.map(|()| state.size)
         })
         .await
-        .unwrap_or_else(|e| Err(join_error(e)));
-        if matches!(result, Err(StorageError::Io { .. })) {
-            // After a failed write the file and the hash may disagree; the session is dead.
-            self.cancel_upload(repo, id).await?;
-        }
-        result
     }
 
     /// Appends a final (possibly empty) chunk, verifies the whole upload against `digest` and
-    /// stores it as a blob. The session ends either way.
+    /// stores it as a blob of `repo`. The session ends either way.
     pub(crate) async fn finish_upload<S>(
         &self,
         repo: &RepoName,
@@ -402,19 +616,22 @@ impl Storage {
         S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     {
         let session = self.session(repo, id)?;
-        let mut state = session.state.lock().await;
-        // Forgetting the session before anything else means no other request touches it again;
-        // the temp file guard removes the data if this request fails or is dropped.
-        self.sessions().remove(id);
-        let temp = TempFile::new(session.path.clone());
-        state.append(&temp.path, body).await?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&temp.path)
-            .await
-            .map_err(io_err("open", &temp.path))?;
-        let sha256 = std::mem::take(&mut state.sha256);
-        self.commit_blob(temp, file, sha256, digest).await
+        let (this, id, repo, digest) = (self.clone(), id.clone(), repo.clone(), digest.clone());
+        detach(async move {
+            let mut state = Storage::lock(&session, &id).await?;
+            // Ending the session first means no other request touches it again.
+            state.ended = true;
+            this.sessions().remove(&id);
+            let UploadState { size, hashes, .. } = &mut *state;
+            match this.write_body(&id, hashes, size, body).await {
+                Ok(()) => this.commit(&id, &repo, &digest, hashes, *size).await,
+                Err(e) => {
+                    this.discard(&id).await;
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     /// Cancels an upload and removes its data.
@@ -424,45 +641,96 @@ impl Storage {
         id: &UploadId,
     ) -> Result<(), StorageError> {
         let session = self.session(repo, id)?;
-        self.sessions().remove(id);
-        // Wait for a running append to end before removing its file.
-        let _state = session.state.lock().await;
-        match fs::remove_file(&session.path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &session.path)(e)),
-        }
+        let mut state = Storage::lock(&session, id).await?;
+        self.end(id, &mut state).await
     }
 
+    /// Ends every upload session that no request has touched for `max_age` and removes its
+    /// data. Returns how many ended. A session in use by a request is never expired.
+    pub(crate) async fn expire_uploads(&self, max_age: Duration) -> usize {
+        let sessions: Vec<(UploadId, Arc<Session>)> = self
+            .sessions()
+            .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        let mut expired = 0;
+        for (id, session) in sessions {
+            let Ok(mut state) = session.state.try_lock() else {
+                continue;
+            };
+            if state.ended || state.touched.elapsed() < max_age {
+                continue;
+            }
+            match self.end(&id, &mut state).await {
+                Ok(()) => expired += 1,
+                Err(e) => tracing::warn!(error = %e, upload = %id, "expiring an upload"),
+            }
+        }
+        expired
+    }
+
+    // Manifests, tags and referrers.
+
     /// Stores a manifest in `repo` under `digest` (already verified by the caller), and points
-    /// `tag` at it if given. Every blob in `blobs` must exist.
+    /// `tag` at it if given. Every blob and child manifest it references must be in `repo`; a
+    /// manifest with a subject is listed among the subject's referrers.
     pub(crate) async fn put_manifest(
         &self,
         repo: &RepoName,
         tag: Option<&Tag>,
         digest: &Digest,
-        media_type: &str,
+        inspected: Inspected,
         bytes: Bytes,
-        blobs: &[Digest],
     ) -> Result<(), StorageError> {
-        for blob in blobs {
-            if self.blob_size(blob).await?.is_none() {
+        for blob in &inspected.blobs {
+            if self.blob_size(repo, blob).await?.is_none() {
                 return Err(StorageError::ManifestBlobUnknown(blob.to_string()));
             }
         }
-        if self.blob_size(digest).await?.is_none() {
-            self.write_atomic(&self.blob_path(digest), &bytes).await?;
+        for child in &inspected.manifests {
+            if self
+                .size(&Storage::manifest_link(repo, child))
+                .await?
+                .is_none()
+            {
+                return Err(StorageError::ManifestBlobUnknown(child.to_string()));
+            }
         }
-        self.write_atomic(
-            &self.manifest_link_path(repo, digest),
-            media_type.as_bytes(),
-        )
-        .await?;
-        if let Some(tag) = tag {
-            self.write_atomic(&self.tag_path(repo, tag), digest.to_string().as_bytes())
-                .await?;
-        }
-        Ok(())
+        let this = self.clone();
+        let (repo, tag, digest) = (repo.clone(), tag.cloned(), digest.clone());
+        detach(async move {
+            let size = bytes.len();
+            this.put_content(&digest, bytes).await?;
+            if let Some(subject) = &inspected.subject {
+                let descriptor = inspected.referrer_descriptor(&digest, size);
+                let key = Storage::referrer_key(&repo, subject, &digest);
+                this.put(&key, descriptor.to_string()).await?;
+            }
+            let link = Storage::manifest_link(&repo, &digest);
+            this.put(&link, inspected.media_type).await?;
+            if let Some(tag) = tag {
+                this.put(&Storage::tag_key(&repo, &tag), digest.to_string())
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The digest a tag of `repo` points at.
+    async fn resolve_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, StorageError> {
+        let key = Storage::tag_key(repo, tag);
+        let Some(text) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&text);
+        Digest::parse(text.trim())
+            .map(Some)
+            .map_err(|e| io_err("parse", &key)(io::Error::new(io::ErrorKind::InvalidData, e)))
     }
 
     /// Reads a manifest of `repo` by tag or digest.
@@ -471,195 +739,177 @@ impl Storage {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, StorageError> {
-        let unknown = |r: &dyn std::fmt::Display| StorageError::ManifestUnknown {
+        let unknown = || StorageError::ManifestUnknown {
             repository: repo.to_string(),
-            reference: r.to_string(),
+            reference: reference.to_string(),
         };
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(tag) => {
-                let path = self.tag_path(repo, tag);
-                let Some(text) = read_optional(&path).await? else {
-                    return Err(unknown(&tag.as_str()));
-                };
-                let text = String::from_utf8_lossy(&text);
-                Digest::parse(text.trim()).map_err(|e| StorageError::Io {
-                    op: "parse",
-                    path,
-                    source: io::Error::new(io::ErrorKind::InvalidData, e),
-                })?
-            }
+            Reference::Tag(tag) => self.resolve_tag(repo, tag).await?.ok_or_else(unknown)?,
         };
-        let Some(media_type) = read_optional(&self.manifest_link_path(repo, &digest)).await? else {
-            return Err(unknown(&digest));
+        let Some(media_type) = self.get(&Storage::manifest_link(repo, &digest)).await? else {
+            return Err(unknown());
         };
-        let blob = self.blob_path(&digest);
-        let Some(bytes) = read_optional(&blob).await? else {
-            return Err(unknown(&digest));
+        let Some(bytes) = self.get(&Storage::content_key(&digest)).await? else {
+            return Err(unknown());
         };
         Ok(StoredManifest {
             digest,
             media_type: String::from_utf8_lossy(&media_type).into_owned(),
-            bytes: bytes.into(),
+            bytes,
         })
+    }
+
+    /// Deletes a tag, or a manifest by digest together with the tags that point at it and its
+    /// entry among its subject's referrers. Its content stays for garbage collection.
+    pub(crate) async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), StorageError> {
+        let unknown = || StorageError::ManifestUnknown {
+            repository: repo.to_string(),
+            reference: reference.to_string(),
+        };
+        let digest = match reference {
+            Reference::Tag(tag) => {
+                return match self.delete(&Storage::tag_key(repo, tag)).await? {
+                    true => Ok(()),
+                    false => Err(unknown()),
+                };
+            }
+            Reference::Digest(digest) => digest.clone(),
+        };
+        let stored = self.get_manifest(repo, reference).await?;
+        let this = self.clone();
+        let repo = repo.clone();
+        detach(async move {
+            if !this.delete(&Storage::manifest_link(&repo, &digest)).await? {
+                // A concurrent delete won.
+                return Ok(());
+            }
+            for tag in this.tags(&repo).await.unwrap_or_default() {
+                let Ok(tag) = Tag::parse(&tag) else { continue };
+                if this.resolve_tag(&repo, &tag).await?.as_ref() == Some(&digest) {
+                    this.delete(&Storage::tag_key(&repo, &tag)).await?;
+                }
+            }
+            let subject = manifest::inspect(Some(&stored.media_type), &stored.bytes)
+                .ok()
+                .and_then(|i| i.subject);
+            if let Some(subject) = subject {
+                this.delete(&Storage::referrer_key(&repo, &subject, &digest))
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The descriptors of the manifests in `repo` whose subject is `subject`, sorted by digest;
+    /// only those of `artifact_type` when given.
+    pub(crate) async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Value>, StorageError> {
+        let base = Storage::referrers_key(repo, subject);
+        let mut found = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            for hex in self.list(&base.join(alg.as_str())).await? {
+                let Ok(digest) = Digest::parse(&format!("{}:{hex}", alg.as_str())) else {
+                    continue;
+                };
+                // An entry whose manifest is gone (deleted, or a push that failed half way) is
+                // not listed.
+                if self
+                    .size(&Storage::manifest_link(repo, &digest))
+                    .await?
+                    .is_none()
+                {
+                    continue;
+                }
+                let key = Storage::referrer_key(repo, subject, &digest);
+                let Some(bytes) = self.get(&key).await? else {
+                    continue;
+                };
+                let Ok(descriptor) = serde_json::from_slice::<Value>(&bytes) else {
+                    continue;
+                };
+                let wanted =
+                    artifact_type.is_none_or(|t| descriptor["artifactType"].as_str() == Some(t));
+                if wanted {
+                    found.push((digest.to_string(), descriptor));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found.into_iter().map(|(_, d)| d).collect())
     }
 
     /// The tags of `repo`, sorted.
     pub(crate) async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, StorageError> {
-        let repo_path = self.repo_path(repo);
-        if !is_dir(&repo_path.join("_manifests")).await? {
+        let base = Storage::repo_key(repo);
+        if !is_repository(&self.list(&base).await?) {
             return Err(StorageError::RepositoryUnknown(repo.to_string()));
         }
-        let mut tags = list_dir(&repo_path.join("_tags")).await?;
+        let mut tags = self.list(&base.join("_tags")).await?;
         tags.retain(|t| Tag::parse(t).is_ok());
         tags.sort();
         Ok(tags)
     }
 
-    /// Every repository that holds at least one manifest, sorted.
+    /// Every repository that holds a blob, manifest or tag, sorted.
     pub(crate) async fn repositories(&self) -> Result<Vec<String>, StorageError> {
-        let base = self.root.join("repositories");
+        let base = Key::new("repositories");
         let mut found = Vec::new();
-        let mut pending = vec![String::new()];
+        let mut pending: Vec<Option<RepoName>> = vec![None];
         while let Some(prefix) = pending.pop() {
-            let dir = if prefix.is_empty() {
-                base.clone()
-            } else {
-                base.join(&prefix)
+            let key = match &prefix {
+                None => base.clone(),
+                Some(repo) => Storage::repo_key(repo),
             };
-            for entry in list_dir(&dir).await? {
-                if entry == "_manifests" && !prefix.is_empty() {
-                    found.push(prefix.clone());
-                } else if crate::names::is_component(&entry) {
-                    let child = if prefix.is_empty() {
-                        entry
-                    } else {
-                        format!("{prefix}/{entry}")
-                    };
-                    if is_dir(&base.join(&child)).await? {
-                        pending.push(child);
-                    }
+            let children = self.list(&key).await?;
+            if let Some(repo) = &prefix
+                && is_repository(&children)
+            {
+                found.push(repo.to_string());
+            }
+            for child in children {
+                let name = match &prefix {
+                    None => child,
+                    Some(repo) => format!("{repo}/{child}"),
+                };
+                if let Ok(repo) = RepoName::parse(&name) {
+                    pending.push(Some(repo));
                 }
             }
         }
         found.sort();
         Ok(found)
     }
-
-    /// Writes `bytes` to `dest` so that readers see either the old file or the whole new one.
-    async fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-        let temp = TempFile::new(self.temp_path());
-        let mut file = fs::File::create(&temp.path)
-            .await
-            .map_err(io_err("create", &temp.path))?;
-        file.write_all(bytes)
-            .await
-            .map_err(io_err("write", &temp.path))?;
-        file.sync_all().await.map_err(io_err("sync", &temp.path))?;
-        drop(file);
-        temp.rename_to(dest).await
-    }
 }
 
-impl UploadState {
-    async fn append<S>(&mut self, path: &Path, body: S) -> Result<(), StorageError>
-    where
-        S: Stream<Item = Result<Bytes, io::Error>> + Send,
-    {
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .await
-            .map_err(io_err("open", path))?;
-        write_body(&mut file, path, &mut self.sha256, &mut self.size, body).await
-    }
+/// Whether a prefix with these children is a repository rather than only a parent of one.
+fn is_repository(children: &[String]) -> bool {
+    children
+        .iter()
+        .any(|c| matches!(c.as_str(), "_blobs" | "_manifests" | "_tags"))
 }
 
-/// Streams `body` into `file`, feeding `hasher` and counting `size` as it goes. When the body
-/// breaks off, what was written still matches the hash and the size; when a write fails, they
-/// may disagree and the caller must throw the file away.
-async fn write_body<S>(
-    file: &mut fs::File,
-    path: &Path,
-    hasher: &mut Sha256,
-    size: &mut u64,
-    body: S,
-) -> Result<(), StorageError>
+/// Runs a write as its own task, so that dropping the request (a client that went away) cannot
+/// stop it between two steps that must happen together.
+async fn detach<T, F>(write: F) -> Result<T, StorageError>
 where
-    S: Stream<Item = Result<Bytes, io::Error>> + Send,
+    T: Send + 'static,
+    F: Future<Output = Result<T, StorageError>> + Send + 'static,
 {
-    let mut body = std::pin::pin!(body);
-    let mut result = Ok(());
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                result = Err(StorageError::Body(e));
-                break;
-            }
-        };
-        file.write_all(&chunk)
-            .await
-            .map_err(io_err("write", path))?;
-        hasher.update(&chunk);
-        *size += chunk.len() as u64;
-    }
-    // tokio's File finishes a write in the background; flushing waits for it, so the next
-    // request's open sees every byte counted here.
-    file.flush().await.map_err(io_err("write", path))?;
-    result
-}
-
-async fn sha512_of_file(path: &Path) -> Result<Digest, StorageError> {
-    let mut file = fs::File::open(path).await.map_err(io_err("open", path))?;
-    let mut hasher = Sha512::new();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).await.map_err(io_err("read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Digest::from_hash(Algorithm::Sha512, &hasher.finalize()))
-}
-
-async fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
-    match fs::read(path).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
-    }
-}
-
-async fn is_dir(path: &Path) -> Result<bool, StorageError> {
-    match fs::metadata(path).await {
-        Ok(meta) => Ok(meta.is_dir()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err("stat", path)(e)),
-    }
-}
-
-/// The names in a directory; empty when it does not exist.
-async fn list_dir(path: &Path) -> Result<Vec<String>, StorageError> {
-    let mut entries = match fs::read_dir(path).await {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("list", path)(e)),
-    };
-    let mut names = Vec::new();
-    while let Some(entry) = entries.next_entry().await.map_err(io_err("list", path))? {
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
-fn join_error(e: tokio::task::JoinError) -> StorageError {
-    StorageError::Io {
-        op: "append to upload",
-        path: PathBuf::new(),
-        source: io::Error::other(e),
-    }
+    tokio::spawn(write).await.unwrap_or_else(|e| {
+        Err(StorageError::Io {
+            op: "finish a write",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })
+    })
 }

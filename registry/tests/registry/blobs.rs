@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::util::{OTHER_TOKEN, Server, USER, error_code, files_under, header, sha256};
+use crate::util::{OTHER_TOKEN, Server, USER, error_code, header, sha256};
 
 #[tokio::test]
 async fn base_requires_matching_user_and_token() {
@@ -300,7 +300,7 @@ async fn digest_mismatch_leaves_nothing() {
             .expect("head");
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{digest}");
     }
-    assert_eq!(files_under(&server.root()), Vec::<String>::new());
+    assert_eq!(server.stored_files(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -330,7 +330,7 @@ async fn cancelled_upload_is_gone() {
         .await
         .expect("status");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(files_under(&server.root()), Vec::<String>::new());
+    assert_eq!(server.stored_files(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -389,10 +389,10 @@ async fn invalid_names_and_digests_are_refused() {
     );
 
     let response = server
-        .request(Method::DELETE, &format!("/v2/app/blobs/{}", sha256(b"x")))
+        .request(Method::PATCH, &format!("/v2/app/blobs/{}", sha256(b"x")))
         .send()
         .await
-        .expect("delete");
+        .expect("patch");
     assert_eq!(
         error_code(response).await,
         (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED".into())

@@ -205,9 +205,12 @@ async fn nested_repository_names_and_catalog() {
     let config = server.push_blob(repo, b"{}").await;
     let layer = server.push_blob(repo, b"nested layer").await;
     let bytes = server.push_manifest(repo, "v1", &config, &[&layer]).await;
-    // A repository named like the parent's storage directories' neighbours.
-    server.push_manifest("team", "v1", &config, &[]).await;
-    server.push_manifest("team/blobs", "v1", &config, &[]).await;
+    // A repository named like the parent's storage directories' neighbours. Each repository
+    // holds its own blobs.
+    for other in ["team", "team/blobs"] {
+        server.push_blob(other, b"{}").await;
+        server.push_manifest(other, "v1", &config, &[]).await;
+    }
 
     let response = server
         .request(Method::GET, &format!("/v2/{repo}/manifests/v1"))

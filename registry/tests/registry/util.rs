@@ -82,6 +82,13 @@ impl Server {
         self.dir.path().join("registry")
     }
 
+    /// Every file in storage but the layout marker: content, links, tags and uploads.
+    pub(crate) fn stored_files(&self) -> Vec<String> {
+        let mut files = files_under(&self.root());
+        files.retain(|f| f != "layout");
+        files
+    }
+
     /// An absolute URL for a path or a `Location` header.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.host)

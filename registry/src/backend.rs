@@ -1,0 +1,141 @@
+//! The storage driver boundary: a small object store that [`crate::storage`] keeps the registry
+//! in, so that a second backend (S3-compatible) needs only this trait, not the HTTP layer or the
+//! registry's rules.
+//!
+//! Owns: the [`Backend`] trait, the [`Key`] objects are stored under, and the contract each
+//! backend keeps. Must not: know digests, manifests or repositories; verifying content and
+//! deciding what becomes visible is [`crate::storage`]'s job, done the same for every backend.
+//!
+//! The contract:
+//! - `put` and `commit_upload` are atomic: readers see the old object or the whole new one.
+//! - `commit_upload` never replaces an existing object, and says whether it created one, so
+//!   concurrent uploads of the same content are safe and counted once.
+//! - A prefix exists exactly while some object lives under it (as on S3), so `list` of a prefix
+//!   whose last object was deleted is empty.
+//! - Uploads are invisible to `get`, `size`, `stream` and `list`.
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::names::UploadId;
+
+/// A stream of an object's bytes.
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Where an object lives: `/`-separated components. Only [`crate::storage`] builds keys, from
+/// fixed words and the validated names of [`crate::names`], so every component is non-empty,
+/// holds no `/`, and is neither `.` nor `..`: a safe relative path and a valid S3 object key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key(String);
+
+impl Key {
+    /// A key of one component.
+    pub(crate) fn new(component: &str) -> Key {
+        debug_assert!(is_safe(component), "unsafe key component {component:?}");
+        Key(component.to_owned())
+    }
+
+    /// This key with `part` appended; `part` may hold several `/`-separated components.
+    pub(crate) fn join(&self, part: &str) -> Key {
+        debug_assert!(
+            part.split('/').all(is_safe),
+            "unsafe key component {part:?}"
+        );
+        Key(format!("{}/{part}", self.0))
+    }
+
+    /// The key's components, in order.
+    pub(crate) fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The key as a string.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_safe(component: &str) -> bool {
+    !component.is_empty()
+        && component != "."
+        && component != ".."
+        && !component.contains(['/', '\\', '\0'])
+}
+
+/// What [`Backend::commit_upload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// The object did not exist and now holds the upload.
+    Created,
+    /// The object already existed and was left alone; the upload was discarded.
+    Existed,
+}
+
+/// A small object store with staged uploads. See the module documentation for the contract.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// The size of the object at `key`, or `None` if there is none.
+    async fn size(&self, key: &Key) -> io::Result<Option<u64>>;
+
+    /// The whole object at `key`, or `None`. Only for small objects (manifests, links, tags).
+    async fn get(&self, key: &Key) -> io::Result<Option<Bytes>>;
+
+    /// `len` bytes of the object at `key` from `start` on, streamed; `None` if there is none.
+    async fn stream(&self, key: &Key, start: u64, len: u64) -> io::Result<Option<ByteStream>>;
+
+    /// Stores a small object, replacing any object at `key` atomically.
+    async fn put(&self, key: &Key, bytes: Bytes) -> io::Result<()>;
+
+    /// Removes the object at `key`; `false` if there was none.
+    async fn delete(&self, key: &Key) -> io::Result<bool>;
+
+    /// The names of the objects and prefixes directly under `prefix`, in no particular order;
+    /// empty when there are none.
+    async fn list(&self, prefix: &Key) -> io::Result<Vec<String>>;
+
+    /// Creates an empty upload.
+    async fn create_upload(&self, id: &UploadId) -> io::Result<()>;
+
+    /// A writer that appends to the upload `id`.
+    async fn append_upload(&self, id: &UploadId) -> io::Result<Box<dyn UploadWriter>>;
+
+    /// Makes the upload `id` durable and moves it to `dest` unless an object is there already.
+    /// The upload is gone afterwards either way.
+    async fn commit_upload(&self, id: &UploadId, dest: &Key) -> io::Result<Commit>;
+
+    /// Discards the upload `id`; succeeds when it is already gone.
+    async fn remove_upload(&self, id: &UploadId) -> io::Result<()>;
+}
+
+/// Appends bytes to one upload.
+#[async_trait]
+pub(crate) trait UploadWriter: Send {
+    /// Appends `chunk`.
+    async fn write(&mut self, chunk: &[u8]) -> io::Result<()>;
+
+    /// Finishes this writer: everything written is in the upload when this returns, for the
+    /// next writer or the commit to see.
+    async fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_join_components() {
+        let key = Key::new("repositories").join("team/app").join("_tags");
+        assert_eq!(key.as_str(), "repositories/team/app/_tags");
+        assert_eq!(
+            key.components().collect::<Vec<_>>(),
+            ["repositories", "team", "app", "_tags"]
+        );
+        for bad in ["", ".", "..", "a/b", "a\\b", "a\0"] {
+            assert!(!is_safe(bad), "{bad:?}");
+        }
+    }
+}

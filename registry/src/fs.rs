@@ -1,0 +1,332 @@
+//! The filesystem [`Backend`]: every key is a file under the root, every upload a file under
+//! `<root>/uploads/`, on the same filesystem so that a commit is a link and a put a rename.
+//!
+//! Owns: the mapping from keys to paths, the `uploads/` directory, and upgrading a storage
+//! directory written by an earlier layout. Must not: interpret what it stores beyond that upgrade.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::backend::{Backend, ByteStream, Commit, Key, UploadWriter};
+use crate::manifest;
+use crate::names::{Digest, UploadId};
+
+/// Bytes read from a file per chunk of a stream: ReaderStream's default 4 KiB chunks cost a
+/// syscall and an HTTP frame each; 256 KiB chunks let a pull run at disk and socket speed.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// How often a write races a delete that pruned the directory it writes into before giving up.
+const PRUNE_RETRIES: usize = 5;
+
+/// Objects as files under a root directory.
+pub(crate) struct FsBackend {
+    root: PathBuf,
+}
+
+impl FsBackend {
+    /// Opens the directory `root`, creating it if missing, and removes uploads an earlier run
+    /// left unfinished (their hash state was in that run's memory).
+    pub(crate) fn open(root: &Path) -> io::Result<FsBackend> {
+        std::fs::create_dir_all(root)?;
+        let uploads = root.join("uploads");
+        match std::fs::remove_dir_all(&uploads) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&uploads)?;
+        Ok(FsBackend {
+            root: root.to_owned(),
+        })
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        let mut path = self.root.clone();
+        path.extend(key.components());
+        path
+    }
+
+    fn upload_path(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+
+    /// The total size of the files under `prefix`, read synchronously (at start-up).
+    pub(crate) fn total_size(&self, prefix: &Key) -> io::Result<u64> {
+        let mut total = 0;
+        walk(&self.path(prefix), |_, entry| {
+            let meta = entry.metadata()?;
+            if !meta.is_dir() {
+                total += meta.len();
+            }
+            Ok(meta.is_dir())
+        })?;
+        Ok(total)
+    }
+
+    /// Removes the empty directories from `dir` up to the root, so that a prefix disappears
+    /// with its last object. Stops at the first directory that is not empty.
+    async fn prune(&self, mut dir: &Path) {
+        while dir != self.root && dir.starts_with(&self.root) {
+            if fs::remove_dir(dir).await.is_err() {
+                return;
+            }
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => return,
+            }
+        }
+    }
+
+    /// Runs `place` (a rename or a link into `dest`) after creating `dest`'s directory, again
+    /// when a concurrent [`FsBackend::prune`] removed that directory in between.
+    async fn place<F, Fut, T>(&self, dest: &Path, place: F) -> io::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = io::Result<T>>,
+    {
+        let parent = dest.parent().unwrap_or(&self.root);
+        let mut tries = 0;
+        loop {
+            fs::create_dir_all(parent).await?;
+            match place().await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < PRUNE_RETRIES => {
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for FsBackend {
+    async fn size(&self, key: &Key) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(key)).await {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get(&self, key: &Key) -> io::Result<Option<Bytes>> {
+        match fs::read(self.path(key)).await {
+            Ok(bytes) => Ok(Some(bytes.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stream(&self, key: &Key, start: u64, len: u64) -> io::Result<Option<ByteStream>> {
+        let mut file = match fs::File::open(self.path(key)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start)).await?;
+        }
+        let stream = ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+        Ok(Some(stream.boxed()))
+    }
+
+    async fn put(&self, key: &Key, bytes: Bytes) -> io::Result<()> {
+        let temp = self
+            .root
+            .join("uploads")
+            .join(format!("put-{}", UploadId::random()));
+        let written = async {
+            let mut file = fs::File::create(&temp).await?;
+            file.write_all(&bytes).await?;
+            file.sync_all().await
+        }
+        .await;
+        let dest = self.path(key);
+        let result = match written {
+            Ok(()) => self.place(&dest, || fs::rename(&temp, &dest)).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = fs::remove_file(&temp).await;
+        }
+        result
+    }
+
+    async fn delete(&self, key: &Key) -> io::Result<bool> {
+        let path = self.path(key);
+        match fs::remove_file(&path).await {
+            Ok(()) => {
+                if let Some(parent) = path.parent() {
+                    self.prune(parent).await;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self, prefix: &Key) -> io::Result<Vec<String>> {
+        let mut entries = match fs::read_dir(self.path(prefix)).await {
+            Ok(entries) => entries,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    async fn create_upload(&self, id: &UploadId) -> io::Result<()> {
+        fs::File::create(self.upload_path(id)).await.map(drop)
+    }
+
+    async fn append_upload(&self, id: &UploadId) -> io::Result<Box<dyn UploadWriter>> {
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(self.upload_path(id))
+            .await?;
+        Ok(Box::new(FileWriter { file }))
+    }
+
+    async fn commit_upload(&self, id: &UploadId, dest: &Key) -> io::Result<Commit> {
+        let source = self.upload_path(id);
+        let dest = self.path(dest);
+        let committed = async {
+            fs::File::open(&source).await?.sync_all().await?;
+            // A hard link, unlike a rename, fails when the destination exists: the first of two
+            // concurrent uploads of the same content wins and the second learns it lost.
+            let linked = self.place(&dest, || fs::hard_link(&source, &dest)).await;
+            match linked {
+                Ok(()) => Ok(Commit::Created),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Commit::Existed),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        self.remove_upload(id).await?;
+        committed
+    }
+
+    async fn remove_upload(&self, id: &UploadId) -> io::Result<()> {
+        match fs::remove_file(self.upload_path(id)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Appends to an upload's file.
+struct FileWriter {
+    file: fs::File,
+}
+
+#[async_trait]
+impl UploadWriter for FileWriter {
+    async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.file.write_all(chunk).await
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<()> {
+        // tokio's File finishes a write in the background; flushing waits for it, so the next
+        // writer's open sees every byte.
+        self.file.flush().await
+    }
+}
+
+/// Upgrades a storage directory from layout 1, where blobs belonged to no repository, to layout
+/// 2, where a repository sees only the blobs linked into it. Each repository gets a link to
+/// every blob its manifests reference, so every image that could be pulled still can. Runs
+/// once; the marker file `layout` records the version. Layout 1 existed only on the filesystem,
+/// so this lives here rather than in [`crate::storage`].
+pub(crate) fn upgrade_layout(root: &Path) -> io::Result<()> {
+    let marker = root.join("layout");
+    if marker.exists() {
+        return Ok(());
+    }
+    walk(&root.join("repositories"), |dir, entry| {
+        let name = entry.file_name();
+        if name == "_manifests" {
+            link_manifest_blobs(root, dir)?;
+            return Ok(false);
+        }
+        Ok(!name.to_string_lossy().starts_with('_') && entry.file_type()?.is_dir())
+    })?;
+    std::fs::write(&marker, "2\n")
+}
+
+/// Visits every entry under `start` (synchronously, for start-up work), descending into those
+/// for which `visit` answers `true`. A missing directory has no entries.
+fn walk(
+    start: &Path,
+    mut visit: impl FnMut(&Path, &std::fs::DirEntry) -> io::Result<bool>,
+) -> io::Result<()> {
+    let mut pending = vec![start.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if visit(&dir, &entry)? {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Links every blob that the manifests of the repository at `repo_dir` reference into it.
+fn link_manifest_blobs(root: &Path, repo_dir: &Path) -> io::Result<()> {
+    for alg in ["sha256", "sha512"] {
+        let dir = repo_dir.join("_manifests").join(alg);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(digest) = Digest::parse(&format!("{alg}:{name}")) else {
+                continue;
+            };
+            let media_type = std::fs::read_to_string(entry.path())?;
+            let hex = digest.hex();
+            let blob = root.join("blobs").join(alg).join(&hex[..2]).join(hex);
+            let Ok(bytes) = std::fs::read(&blob) else {
+                continue;
+            };
+            let Ok(inspected) = manifest::inspect(Some(media_type.trim()), &bytes) else {
+                continue;
+            };
+            for blob in inspected.blobs {
+                let link = repo_dir
+                    .join("_blobs")
+                    .join(blob.algorithm().as_str())
+                    .join(blob.hex());
+                std::fs::create_dir_all(link.parent().unwrap_or(repo_dir))?;
+                std::fs::write(link, b"")?;
+            }
+        }
+    }
+    Ok(())
+}
