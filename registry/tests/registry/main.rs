@@ -3,5 +3,7 @@
 
 mod blobs;
 mod clients;
+mod lifecycle;
 mod manifests;
+mod referrers;
 mod util;

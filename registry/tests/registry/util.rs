@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 use slipway_core::ports::{AppAccess, Identity, KeyOwner, PortError};
 use slipway_core::{AppName, Fingerprint, UserName};
 use slipway_registry::{Registry, RegistryConfig};
@@ -49,6 +49,8 @@ pub(crate) struct Server {
     pub(crate) host: String,
     /// The storage directory.
     pub(crate) dir: tempfile::TempDir,
+    /// The running registry, for its metrics.
+    pub(crate) registry: Registry,
     client: reqwest::Client,
     _shutdown: oneshot::Sender<()>,
 }
@@ -56,22 +58,31 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a registry over a fresh storage directory.
     pub(crate) async fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Server::start_with(tempfile::tempdir().expect("temp dir"), |r| r).await
+    }
+
+    /// Starts a registry over `dir`'s `registry` subdirectory, as `configure` adjusts it.
+    pub(crate) async fn start_with(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(Registry) -> Registry,
+    ) -> Server {
         let config = RegistryConfig {
             root: dir.path().join("registry"),
         };
         let registry = Registry::new(config, Arc::new(FakeIdentity)).expect("registry");
+        let registry = configure(registry);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let host = listener.local_addr().expect("addr").to_string();
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(registry.serve(listener, async {
+        tokio::spawn(registry.clone().serve(listener, async {
             let _ = rx.await;
         }));
         Server {
             host,
             dir,
+            registry,
             client: reqwest::Client::new(),
             _shutdown: tx,
         }
@@ -118,6 +129,48 @@ impl Server {
             .expect("push blob");
         assert_eq!(response.status(), StatusCode::CREATED, "push blob");
         digest
+    }
+
+    /// Sends `bytes` as a manifest of `media_type` to `reference` of `repo`.
+    pub(crate) async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Response {
+        self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("put manifest")
+    }
+
+    /// Starts an upload session in `repo` and returns its location.
+    pub(crate) async fn start_upload(&self, repo: &str) -> String {
+        let response = self
+            .request(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "start upload");
+        header(&response, "location")
+    }
+
+    /// The status and first OCI error code of the answer to a request without a body.
+    pub(crate) async fn error_of(&self, method: Method, path: &str) -> (StatusCode, String) {
+        let response = self.request(method, path).send().await.expect("request");
+        error_code(response).await
+    }
+
+    /// The status of a request without a body to `path`.
+    pub(crate) async fn status(&self, method: Method, path: &str) -> StatusCode {
+        self.request(method, path)
+            .send()
+            .await
+            .expect("request")
+            .status()
     }
 
     /// Pushes an image manifest of `config` and `layers` (already pushed) under `reference` and
@@ -175,6 +228,11 @@ pub(crate) fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
+/// `sha512:<hex>` of `data`.
+pub(crate) fn sha512(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(Sha512::digest(data)))
+}
+
 /// A response header as a string ("" when absent).
 pub(crate) fn header(response: &Response, name: &str) -> String {
     response
@@ -196,7 +254,7 @@ pub(crate) async fn error_code(response: Response) -> (StatusCode, String) {
 }
 
 /// Every file under `dir`, as paths relative to it, sorted.
-pub(crate) fn files_under(dir: &Path) -> Vec<String> {
+fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(d) = pending.pop() {
