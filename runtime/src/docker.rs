@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, EventsOptions,
     ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
 };
@@ -17,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::{BuildSpec, Container, ContainerSpec, Engine, RegistryAuth, RuntimeError};
+use crate::{BuildSpec, Container, ContainerSpec, Engine, LogLine, RegistryAuth, RuntimeError};
 
 /// The Docker Engine on this machine.
 #[derive(Clone)]
@@ -62,6 +63,8 @@ fn to_container(info: bollard::models::ContainerInspectResponse) -> Container {
         })
     });
     let config = info.config.unwrap_or_default();
+    let state = info.state.unwrap_or_default();
+    let running = state.running.unwrap_or(false);
     Container {
         id: info.id.unwrap_or_default(),
         name: info
@@ -70,9 +73,26 @@ fn to_container(info: bollard::models::ContainerInspectResponse) -> Container {
             .trim_start_matches('/')
             .to_owned(),
         labels: config.labels.unwrap_or_default(),
-        running: info.state.and_then(|s| s.running).unwrap_or(false),
+        running,
         published,
         ip,
+        exit_code: if running { None } else { state.exit_code },
+    }
+}
+
+/// A line as the engine sends it with `timestamps`: `<RFC 3339 time> <text>`.
+fn split_timestamp(line: &[u8]) -> LogLine {
+    let line = String::from_utf8_lossy(line);
+    let line = line.strip_suffix('\r').unwrap_or(&line);
+    match line.split_once(' ') {
+        Some((ts, text)) if ts.len() >= 20 && ts.as_bytes()[4] == b'-' => LogLine {
+            timestamp: ts.to_owned(),
+            text: text.to_owned(),
+        },
+        _ => LogLine {
+            timestamp: String::new(),
+            text: line.to_owned(),
+        },
     }
 }
 
@@ -116,6 +136,7 @@ impl Engine for Docker {
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
         let mut host = HostConfig {
             memory: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
             init: Some(true),
             ..Default::default()
         };
@@ -304,6 +325,71 @@ impl Engine for Docker {
             out.extend_from_slice(&chunk.map_err(engine)?.into_bytes());
         }
         Ok(out)
+    }
+
+    async fn follow_logs(
+        &self,
+        id: &str,
+        since: i64,
+        lines: mpsc::Sender<LogLine>,
+    ) -> Result<(), RuntimeError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            follow: true,
+            since: since.try_into().unwrap_or(0),
+            ..Default::default()
+        };
+        let mut stream = self.api.logs(id, Some(options));
+        // stdout and stderr arrive in frames that need not end at a newline: each keeps its own
+        // unfinished line.
+        let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(engine)?;
+            let which = usize::from(matches!(chunk, LogOutput::StdErr { .. }));
+            let buf = &mut partial[which];
+            buf.extend_from_slice(&chunk.into_bytes());
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                if lines.send(split_timestamp(&line[..end])).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        for buf in partial.iter().filter(|b| !b.is_empty()) {
+            let _ = lines.send(split_timestamp(buf)).await;
+        }
+        Ok(())
+    }
+
+    async fn watch_exits(
+        &self,
+        labels: &[(&str, &str)],
+        exits: mpsc::Sender<String>,
+    ) -> Result<(), RuntimeError> {
+        let mut filters: HashMap<String, Vec<String>> = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["die".to_owned()]),
+        ]);
+        filters.insert(
+            "label".to_owned(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        );
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut stream = self.api.events(Some(options));
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(engine)?;
+            if let Some(id) = event.actor.and_then(|a| a.id)
+                && exits.send(id).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     async fn download(&self, id: &str, path: &str, dest: &Path) -> Result<(), RuntimeError> {

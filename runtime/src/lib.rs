@@ -78,6 +78,8 @@ pub struct ContainerSpec {
     pub publish: Option<u16>,
     /// Memory limit in bytes.
     pub memory_bytes: Option<i64>,
+    /// CPU limit in billionths of a CPU (1.5 CPUs is 1_500_000_000).
+    pub nano_cpus: Option<i64>,
 }
 
 /// A container Slipway started, as the engine reports it now.
@@ -95,6 +97,17 @@ pub struct Container {
     pub published: Option<SocketAddr>,
     /// Its address on the engine's bridge network, reachable from this machine directly.
     pub ip: Option<std::net::IpAddr>,
+    /// How it ended, once it is not running.
+    pub exit_code: Option<i64>,
+}
+
+/// One line a container wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the engine received it, RFC 3339 with nanoseconds, UTC.
+    pub timestamp: String,
+    /// The line, without its newline.
+    pub text: String,
 }
 
 /// A build container to run to completion.
@@ -150,6 +163,23 @@ pub trait Engine: Send + Sync + 'static {
     /// The last `tail` lines a container wrote (stdout and stderr), each prefixed with its RFC 3339
     /// timestamp.
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<u8>, RuntimeError>;
+
+    /// Follows a container's output (stdout and stderr) from `since` (seconds since the epoch;
+    /// 0 for all of it) and sends it line by line until the container stops or `lines` closes.
+    async fn follow_logs(
+        &self,
+        id: &str,
+        since: i64,
+        lines: mpsc::Sender<LogLine>,
+    ) -> Result<(), RuntimeError>;
+
+    /// Sends the id of each container carrying every one of `labels` as it exits, until the
+    /// engine's event stream ends (the caller reconnects) or `exits` closes.
+    async fn watch_exits(
+        &self,
+        labels: &[(&str, &str)],
+        exits: mpsc::Sender<String>,
+    ) -> Result<(), RuntimeError>;
 
     /// A tar archive of `path` inside a (possibly stopped) container, written to `dest`.
     async fn download(
