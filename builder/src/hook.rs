@@ -11,7 +11,10 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
+use slipway_core::AppName;
+use slipway_core::ports::Releases;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
@@ -152,6 +155,8 @@ pub async fn accept(listener: &UnixListener, scratch: &Path) -> std::io::Result<
         refname: refname.to_owned(),
         source,
         reporter: Reporter {
+            log: None,
+            partial: Vec::new(),
             stream: Some(write),
         },
     })
@@ -161,11 +166,40 @@ pub async fn accept(listener: &UnixListener, scratch: &Path) -> std::io::Result<
 /// the hook sees the connection close and rejects the push.
 pub struct Reporter {
     stream: Option<tokio::net::unix::OwnedWriteHalf>,
+    /// Where every line also goes: the app's log, so `slipway logs` shows builds.
+    log: Option<(Arc<dyn Releases>, AppName)>,
+    /// The unfinished last line of the output so far, for the log.
+    partial: Vec<u8>,
 }
 
 impl Reporter {
+    /// Copies everything reported from now on to `app`'s log too.
+    pub fn log_to(&mut self, releases: Arc<dyn Releases>, app: AppName) {
+        self.log = Some((releases, app));
+    }
+
+    fn tee(&mut self, bytes: &[u8], flush: bool) {
+        let Some((releases, app)) = &self.log else {
+            return;
+        };
+        self.partial.extend_from_slice(bytes);
+        let end = if flush {
+            self.partial.len()
+        } else {
+            match self.partial.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => return,
+            }
+        };
+        let done: Vec<u8> = self.partial.drain(..end).collect();
+        if !done.is_empty() {
+            releases.log_build(app, &String::from_utf8_lossy(&done));
+        }
+    }
+
     /// Sends bytes to print. Errors (the pusher hung up) are ignored: the build goes on.
     pub async fn output(&mut self, bytes: &[u8]) {
+        self.tee(bytes, false);
         if let Some(s) = &mut self.stream {
             let mut frame = Vec::with_capacity(bytes.len() + 5);
             frame.push(b'o');
@@ -184,6 +218,7 @@ impl Reporter {
 
     /// Sends the verdict: 0 accepts the push, anything else rejects it.
     pub async fn finish(mut self, code: u8) {
+        self.tee(&[], true);
         if let Some(s) = &mut self.stream {
             let _ = s.write_all(&[b'x', 0, 0, 0, 1, code]).await;
             let _ = s.shutdown().await;

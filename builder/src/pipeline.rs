@@ -23,6 +23,7 @@ const CNB_TAR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cnb.tar"));
 /// Runs the whole pipeline for one push and sends the verdict to the hook.
 pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut push: Push) {
     let started = Instant::now();
+    push.reporter.log_to(shared.releases.clone(), app.clone());
     let lock = shared.build_lock(&app);
     let _guard = match lock.try_lock() {
         Ok(g) => g,

@@ -150,11 +150,6 @@ impl Api {
         ))
     }
 
-    pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self.send(Method::GET, path, None).await?;
-        resp.text().await.context("reading the API's answer")
-    }
-
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         Ok(self
             .call(Method::GET, path, None)
@@ -562,25 +557,21 @@ pub(crate) async fn ps_restart(api: &Api, app: &str, process: Option<&str>) -> R
 }
 
 pub(crate) async fn logs(api: &Api, app: &str, lines: usize, follow: bool) -> Result<()> {
-    let mut last = String::new();
-    loop {
-        let text = api
-            .get_text(&format!("/v1/apps/{app}/logs?lines={lines}"))
-            .await?;
-        for line in text.lines() {
-            // Lines start with an RFC 3339 timestamp, so text order is time order.
-            if !follow || last.is_empty() || line > last.as_str() {
-                println!("{line}");
-            }
-        }
-        if !follow {
-            return Ok(());
-        }
-        if let Some(l) = text.lines().last() {
-            last = last.max(l.to_owned());
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    use std::io::Write;
+    let mut resp = api
+        .send(
+            Method::GET,
+            &format!("/v1/apps/{app}/logs?lines={lines}&follow={follow}"),
+            None,
+        )
+        .await?;
+    let mut stdout = std::io::stdout();
+    // With -f the answer stays open and lines arrive as the app writes them.
+    while let Some(chunk) = resp.chunk().await.context("reading the log")? {
+        stdout.write_all(&chunk)?;
+        stdout.flush()?;
     }
+    Ok(())
 }
 
 pub(crate) async fn access(api: &Api, app: &str) -> Result<()> {
@@ -649,6 +640,133 @@ pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32>
     bail!("the connection ended before the command finished")
 }
 
+/// `512M`, `1G`, `1.5G`, `256K` or plain bytes, in powers of 1024.
+fn parse_memory(v: &str) -> Result<i64> {
+    let v = v.trim();
+    let (number, unit) = match v.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => v.split_at(i),
+        None => (v, ""),
+    };
+    let scale: f64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => bail!("{v:?}: use a size such as 512M or 1G"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| anyhow!("{v:?}: use a size such as 512M or 1G"))?;
+    if !n.is_finite() || n <= 0.0 {
+        bail!("{v:?}: use a size such as 512M or 1G");
+    }
+    Ok((n * scale) as i64)
+}
+
+/// `1.5` CPUs or `500m` millicores, as billionths of a CPU.
+fn parse_cpu(v: &str) -> Result<i64> {
+    let bad = || anyhow!("{v:?}: use CPUs such as 1.5, or millicores such as 500m");
+    let n: f64 = match v.trim().strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map_err(|_| bad())? / 1000.0,
+        None => v.trim().parse().map_err(|_| bad())?,
+    };
+    if !n.is_finite() || n <= 0.0 {
+        return Err(bad());
+    }
+    Ok((n * 1e9).round() as i64)
+}
+
+fn show_memory(bytes: &Value) -> String {
+    match bytes.as_i64() {
+        None => "-".to_owned(),
+        Some(b) if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        Some(b) if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        Some(b) => format!("{}K", b >> 10),
+    }
+}
+
+fn show_cpu(nano: &Value) -> String {
+    nano.as_i64()
+        .map_or("-".to_owned(), |n| format!("{}", n as f64 / 1e9))
+}
+
+fn print_limits(limits: &Value) {
+    let rows: Vec<Value> = limits
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(process, l)| {
+            json!([process, show_memory(&l["memory_bytes"]), show_cpu(&l["nano_cpus"])])
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no limits: instances may use all of this machine's memory and CPUs");
+        return;
+    }
+    table(&["TYPE", "MEMORY", "CPU"], &Value::Array(rows), |r| {
+        r.as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect()
+    });
+}
+
+pub(crate) async fn limits(api: &Api, app: &str) -> Result<()> {
+    let limits = api.get(&format!("/v1/apps/{app}/limits")).await?;
+    api.show(&limits, print_limits)
+}
+
+pub(crate) async fn limits_set(api: &Api, app: &str, pairs: &[String], cpu: bool) -> Result<()> {
+    let mut body = serde_json::Map::new();
+    for pair in pairs {
+        let (process, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{pair:?} is not TYPE=VALUE"))?;
+        let (field, n) = if cpu {
+            ("nano_cpus", parse_cpu(value)?)
+        } else {
+            ("memory_bytes", parse_memory(value)?)
+        };
+        body.insert(process.to_owned(), json!({ field: n }));
+    }
+    let limits = api
+        .patch(&format!("/v1/apps/{app}/limits"), Value::Object(body))
+        .await?;
+    api.show(&limits, print_limits)
+}
+
+pub(crate) async fn limits_unset(
+    api: &Api,
+    app: &str,
+    types: &[String],
+    fields: &[&str],
+) -> Result<()> {
+    let unset: serde_json::Map<String, Value> =
+        fields.iter().map(|f| ((*f).to_owned(), Value::Null)).collect();
+    let body: serde_json::Map<String, Value> = types
+        .iter()
+        .map(|t| (t.clone(), Value::Object(unset.clone())))
+        .collect();
+    let limits = api
+        .patch(&format!("/v1/apps/{app}/limits"), Value::Object(body))
+        .await?;
+    api.show(&limits, print_limits)
+}
+
+/// Shows the health check path, or sets it (`Some(Some(path))`) or clears it (`Some(None)`).
+pub(crate) async fn healthcheck(api: &Api, app: &str, set: Option<Option<&str>>) -> Result<()> {
+    let path = format!("/v1/apps/{app}/healthcheck");
+    let answer = match set {
+        None => api.get(&path).await?,
+        Some(p) => api.put(&path, json!({ "path": p })).await?,
+    };
+    api.show(&answer, |h| match h["path"].as_str() {
+        Some(p) => println!("{app}: new web instances get traffic once GET {p} answers 2xx or 3xx"),
+        None => println!("{app}: new web instances get traffic once they accept connections on PORT"),
+    })
+}
+
 pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
     let answer = api
         .put(
@@ -706,7 +824,22 @@ fn utc(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{parse_cpu, parse_memory, utc};
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1.5Gi").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("4096").unwrap(), 4096);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("-1G").is_err());
+        assert!(parse_memory("12Q").is_err());
+        assert_eq!(parse_cpu("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(parse_cpu("500m").unwrap(), 500_000_000);
+        assert!(parse_cpu("0").is_err());
+        assert!(parse_cpu("fast").is_err());
+    }
 
     #[test]
     fn utc_times() {

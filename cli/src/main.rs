@@ -160,6 +160,52 @@ enum Command {
         #[arg(short, long)]
         app: Option<String>,
     },
+    /// Show the memory and CPU limits of an app's process types.
+    Limits {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Set limits: web=512M worker=1G (memory, K/M/G), or with --cpu: web=1.5 (CPUs, or 500m).
+    #[command(name = "limits:set")]
+    LimitsSet {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        /// The values are CPUs, not memory.
+        #[arg(long)]
+        cpu: bool,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Remove limits of process types (memory and CPU, or only one with --memory / --cpu).
+    #[command(name = "limits:unset")]
+    LimitsUnset {
+        #[arg(required = true)]
+        types: Vec<String>,
+        #[arg(long, conflicts_with = "cpu")]
+        memory: bool,
+        #[arg(long)]
+        cpu: bool,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Show the HTTP path a new web instance must answer before it gets traffic.
+    Healthcheck {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Make new web instances answer PATH (2xx or 3xx) before they get traffic.
+    #[command(name = "healthcheck:set")]
+    HealthcheckSet {
+        path: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Go back to readiness by accepting connections on PORT.
+    #[command(name = "healthcheck:unset")]
+    HealthcheckUnset {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
     /// Show an app's output.
     Logs {
         #[arg(short, long)]
@@ -331,6 +377,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps { app } => client::ps(&api()?, &client::resolve_app(app.clone())?).await,
         Command::PsScale { pairs, app } => {
             client::ps_scale(&api()?, &client::resolve_app(app.clone())?, pairs).await
+        }
+        Command::Limits { app } => {
+            client::limits(&api()?, &client::resolve_app(app.clone())?).await
+        }
+        Command::LimitsSet { pairs, cpu, app } => {
+            client::limits_set(&api()?, &client::resolve_app(app.clone())?, pairs, *cpu).await
+        }
+        Command::LimitsUnset {
+            types,
+            memory,
+            cpu,
+            app,
+        } => {
+            let fields: &[&str] = match (*memory, *cpu) {
+                (true, _) => &["memory_bytes"],
+                (_, true) => &["nano_cpus"],
+                _ => &["memory_bytes", "nano_cpus"],
+            };
+            client::limits_unset(&api()?, &client::resolve_app(app.clone())?, types, fields)
+                .await
+        }
+        Command::Healthcheck { app } => {
+            client::healthcheck(&api()?, &client::resolve_app(app.clone())?, None).await
+        }
+        Command::HealthcheckSet { path, app } => {
+            let path = Some(Some(path.as_str()));
+            client::healthcheck(&api()?, &client::resolve_app(app.clone())?, path).await
+        }
+        Command::HealthcheckUnset { app } => {
+            client::healthcheck(&api()?, &client::resolve_app(app.clone())?, Some(None)).await
         }
         Command::PsRestart { process, app } => {
             client::ps_restart(

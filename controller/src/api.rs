@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use slipway_core::release::is_config_key;
 use slipway_core::{AppName, Fingerprint, Release, UserName, keys};
 
-use crate::db::{AppRow, NewRelease, ReleaseStatus};
+use crate::db::{AppRow, Limits, NewRelease, ReleaseStatus};
 use crate::reconciler::{Event, LABEL_APP, LABEL_PROCESS, LABEL_RELEASE, desired_formation};
 use crate::{Controller, ControllerError};
 
@@ -39,6 +39,11 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apps/{app}/ps", get(list_ps))
         .route("/v1/apps/{app}/formation", get(get_formation).patch(scale))
         .route("/v1/apps/{app}/restart", post(restart))
+        .route("/v1/apps/{app}/limits", get(get_limits).patch(set_limits))
+        .route(
+            "/v1/apps/{app}/healthcheck",
+            get(get_healthcheck).put(set_healthcheck),
+        )
         .route("/v1/apps/{app}/logs", get(logs))
         .route("/v1/apps/{app}/access", get(list_access).post(add_access))
         .route("/v1/apps/{app}/access/{user}", delete(remove_access))
@@ -605,7 +610,9 @@ struct Instance {
     name: String,
     process: String,
     release: String,
-    state: &'static str,
+    /// `up`, `crashed (status N)`, or for a process type backing off after crashes,
+    /// `crashed N times in a row; restarting in Ss` (`crash-looping` from the third).
+    state: String,
 }
 
 async fn app_instances(ctl: &Controller, app: &AppName) -> Result<Vec<slipway_runtime::Container>> {
@@ -627,13 +634,39 @@ async fn list_ps(
     let mut out: Vec<Instance> = app_instances(&ctl, &app)
         .await?
         .into_iter()
+        .filter(|c| !c.labels.contains_key(slipway_runtime::LABEL_ONEOFF))
         .map(|c| Instance {
             process: c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default(),
             release: c.labels.get(LABEL_RELEASE).cloned().unwrap_or_default(),
-            state: if c.running { "up" } else { "down" },
+            state: match (c.running, c.exit_code) {
+                (true, _) => "up".to_owned(),
+                (false, Some(code)) => format!("crashed (status {code})"),
+                (false, None) => "crashed".to_owned(),
+            },
             name: c.name,
         })
         .collect();
+    // Crashes of the release that should run; older releases' are history (see `events`).
+    let target = ctl.db().target_release(&app).await?.map(|(r, _)| r.label());
+    let crashes = ctl.crashes().status(&app).into_iter();
+    for crash in crashes.filter(|c| Some(&c.release) == target.as_ref()) {
+        let what = if crash.count >= crate::reconciler::CRASH_LOOP {
+            "crash-looping"
+        } else {
+            "crashed"
+        };
+        let when = if crash.restart_in > 0 {
+            format!("restarting in {}s", crash.restart_in)
+        } else {
+            "restarted".to_owned()
+        };
+        out.push(Instance {
+            name: "-".to_owned(),
+            process: crash.process,
+            release: crash.release,
+            state: format!("{what}: {} crashes in a row; {when}", crash.count),
+        });
+    }
     out.sort_by(|a, b| (&a.process, &a.name).cmp(&(&b.process, &b.name)));
     Ok(Json(out))
 }
@@ -703,12 +736,133 @@ async fn scale(
     ))
 }
 
+async fn get_limits(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<BTreeMap<String, Limits>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    Ok(Json(ctl.db().limits(&app).await?))
+}
+
+/// `{"web": {"memory_bytes": 536870912, "nano_cpus": null}}`: sets the given limits of each
+/// process type (`null` removes one; a field left out stays as it is). Running instances are
+/// replaced, rolling, to take the new limits.
+async fn set_limits(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<BTreeMap<String, BTreeMap<String, Option<i64>>>>,
+) -> Result<Json<BTreeMap<String, Limits>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    if body.is_empty() {
+        return Err(ControllerError::BadRequest(
+            "give at least one process type".into(),
+        ));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    let mut limits = ctl.db().limits(&app).await?;
+    let mut summary = Vec::new();
+    for (process, fields) in &body {
+        if !slipway_core::procfile::is_process_type(process) {
+            return Err(ControllerError::BadRequest(format!(
+                "invalid process type {process:?}"
+            )));
+        }
+        let entry = limits.entry(process.clone()).or_default();
+        for (field, value) in fields {
+            match (field.as_str(), *value) {
+                ("memory_bytes", Some(v)) if !(MIN_MEMORY..=1 << 40).contains(&v) => {
+                    return Err(ControllerError::BadRequest(format!(
+                        "{process}: memory must be from 6M to 1T"
+                    )));
+                }
+                ("nano_cpus", Some(v)) if !(10_000_000..=cpus * 1_000_000_000).contains(&v) => {
+                    return Err(ControllerError::BadRequest(format!(
+                        "{process}: cpu must be from 0.01 to {cpus} (this machine's CPUs)"
+                    )));
+                }
+                ("memory_bytes", v) => entry.memory_bytes = v,
+                ("nano_cpus", v) => entry.nano_cpus = v,
+                (other, _) => {
+                    return Err(ControllerError::BadRequest(format!(
+                        "unknown limit {other:?}: use memory_bytes or nano_cpus"
+                    )));
+                }
+            }
+            summary.push(format!(
+                "{process} {field}={}",
+                value.map_or("none".to_owned(), |v| v.to_string())
+            ));
+        }
+    }
+    let changed: BTreeMap<String, Limits> = body
+        .keys()
+        .map(|p| (p.clone(), limits.get(p).copied().unwrap_or_default()))
+        .collect();
+    ctl.db().set_limits(&app, &changed).await?;
+    ctl.record(Some(&app), "limits", caller.0.as_str(), &summary.join(", "))
+        .await;
+    ctl.notify(Event::Scaled(app.clone()));
+    Ok(Json(ctl.db().limits(&app).await?))
+}
+
+/// Docker's smallest memory limit.
+const MIN_MEMORY: i64 = 6 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct Healthcheck {
+    /// The HTTP path a new web instance must answer with 2xx or 3xx before it gets traffic;
+    /// `null`: accepting a connection on `PORT` is enough.
+    path: Option<String>,
+}
+
+async fn get_healthcheck(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Healthcheck>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    Ok(Json(Healthcheck {
+        path: ctl.db().health_path(&app).await?,
+    }))
+}
+
+async fn set_healthcheck(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Json(body): Json<Healthcheck>,
+) -> Result<Json<Healthcheck>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    if let Some(path) = &body.path {
+        // It goes into an HTTP request line: one absolute path of visible ASCII, nothing more.
+        let valid = path.starts_with('/')
+            && path.len() <= 1024
+            && path.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(ControllerError::BadRequest(format!(
+                "{path:?} is not a health check path: use an absolute path such as /health"
+            )));
+        }
+    }
+    ctl.db().set_health_path(&app, body.path.as_deref()).await?;
+    let detail = match &body.path {
+        Some(p) => format!("health check: GET {p}"),
+        None => "health check: accepting connections on PORT".to_owned(),
+    };
+    ctl.record(Some(&app), "healthcheck", caller.0.as_str(), &detail)
+        .await;
+    Ok(Json(body))
+}
+
 #[derive(Deserialize, Default)]
 struct Restart {
     process: Option<String>,
 }
 
-/// Stops the app's instances (of one process type, or all); the reconciler starts fresh ones.
+/// Replaces the app's instances (of one process type, or all) with fresh ones, rolling: the
+/// reconciler starts each new one and routes to it before the old ones drain and stop.
 async fn restart(
     State(ctl): Ctl,
     caller: Caller,
@@ -717,63 +871,77 @@ async fn restart(
 ) -> Result<StatusCode> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let process = body.and_then(|b| b.0.process);
-    for c in app_instances(&ctl, &app).await? {
-        if process.is_none() || c.labels.get(LABEL_PROCESS) == process.as_ref() {
-            ctl.engine()
-                .remove(&c.id, std::time::Duration::from_secs(10))
-                .await
-                .map_err(|e| ControllerError::Io(e.to_string()))?;
-        }
-    }
     let detail = format!(
         "restarted {}",
         process.as_deref().unwrap_or("all instances")
     );
     ctl.record(Some(&app), "restart", caller.0.as_str(), &detail)
         .await;
-    ctl.notify(Event::Restarted(app));
+    ctl.notify(Event::Restarted(app, process));
     Ok(StatusCode::ACCEPTED)
 }
 
 #[derive(Deserialize)]
 struct LogsQuery {
     lines: Option<usize>,
+    follow: Option<bool>,
 }
 
-/// The last lines of every instance's output, merged by time, each line
-/// `<timestamp> <app>[<process>.<container>]: <text>`.
+/// The app's log: its instances' output, its builds and the platform's notices, each line
+/// `<timestamp> <app>[<source>]: <text>`. The last `lines` (default 100); with `follow=true`
+/// the answer stays open and streams new lines as they come.
 async fn logs(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
     Query(q): Query<LogsQuery>,
-) -> Result<String> {
+) -> Result<axum::response::Response> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let lines = q.lines.unwrap_or(100).min(10_000);
-    let mut all: Vec<(String, String)> = Vec::new();
-    for c in app_instances(&ctl, &app).await? {
-        let process = c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default();
-        let short = c.id.chars().take(8).collect::<String>();
-        let out = ctl
-            .engine()
-            .logs(&c.id, lines)
-            .await
-            .map_err(|e| ControllerError::Io(e.to_string()))?;
-        for line in String::from_utf8_lossy(&out).lines() {
-            let (ts, text) = line.split_once(' ').unwrap_or(("", line));
-            all.push((
-                ts.to_owned(),
-                format!("{ts} {app}[{process}.{short}]: {text}"),
-            ));
-        }
-    }
-    all.sort();
-    let skip = all.len().saturating_sub(lines);
-    let mut body: String = all.into_iter().skip(skip).map(|(_, l)| l + "\n").collect();
-    if body.is_empty() {
+    // Subscribe before reading the tail, so no line falls between the two.
+    let mut follow = q.follow.unwrap_or(false).then(|| ctl.logs().follow(&app));
+    let tail = ctl.logs().tail(&app, lines);
+    let mut body: String = tail.iter().map(|l| format!("{l}\n")).collect();
+    if body.is_empty() && follow.is_none() {
         body = format!("{app} has no output yet\n");
     }
-    Ok(body)
+    let builder = axum::response::Response::builder().header("content-type", "text/plain; charset=utf-8");
+    let Some(mut rx) = follow.take() else {
+        return builder
+            .body(axum::body::Body::from(body))
+            .map_err(|e| ControllerError::Io(e.to_string()));
+    };
+    let newest = tail.last().cloned().unwrap_or_default();
+    let (tx, out) = tokio::sync::mpsc::channel::<std::result::Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        if !body.is_empty() && tx.send(Ok(body)).await.is_err() {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                // The client went away: stop following.
+                () = tx.closed() => return,
+            };
+            let line = match received {
+                Ok(line) => line,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    Arc::from(format!("(slipway: {n} lines skipped: this client fell behind)"))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            // Already sent with the tail.
+            if *line <= *newest && !newest.is_empty() {
+                continue;
+            }
+            if tx.send(Ok(format!("{line}\n"))).await.is_err() {
+                return;
+            }
+        }
+    });
+    builder
+        .body(axum::body::Body::from_stream(tokio_stream_from(out)))
+        .map_err(|e| ControllerError::Io(e.to_string()))
 }
 
 #[derive(Serialize)]

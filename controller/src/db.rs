@@ -56,6 +56,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_maintenance.sql")),
     (5, include_str!("../migrations/sqlite/0005_events.sql")),
     (6, include_str!("../migrations/sqlite/0006_deploy_keys.sql")),
+    (7, include_str!("../migrations/sqlite/0007_limits_health.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -75,6 +76,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../migrations/postgres/0006_deploy_keys.sql"),
+    ),
+    (
+        7,
+        include_str!("../migrations/postgres/0007_limits_health.sql"),
     ),
 ];
 
@@ -161,6 +166,15 @@ pub struct EventRow {
     pub detail: String,
     /// Seconds since the epoch.
     pub created_at: i64,
+}
+
+/// Resource limits of one process type; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Memory, in bytes.
+    pub memory_bytes: Option<i64>,
+    /// CPU, in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
 }
 
 /// A release's rollout state.
@@ -398,6 +412,82 @@ impl Db {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The resource limits of `app`'s process types that have any.
+    pub async fn limits(&self, app: &AppName) -> Result<BTreeMap<String, Limits>> {
+        let rows = sqlx::query(
+            "SELECT l.process, l.memory_bytes, l.nano_cpus FROM limits l \
+             JOIN apps a ON a.id = l.app_id WHERE a.name = $1",
+        )
+        .bind(app.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Limits {
+                        memory_bytes: r.try_get(1)?,
+                        nano_cpus: r.try_get(2)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets the limits of process types of `app`; a type with no limit left loses its row.
+    pub async fn set_limits(&self, app: &AppName, limits: &BTreeMap<String, Limits>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (process, l) in limits {
+            if *l == Limits::default() {
+                sqlx::query(
+                    "DELETE FROM limits WHERE process = $1 \
+                     AND app_id = (SELECT id FROM apps WHERE name = $2)",
+                )
+                .bind(process)
+                .bind(app.as_str())
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO limits (app_id, process, memory_bytes, nano_cpus) \
+                 SELECT id, $1, $2, $3 FROM apps WHERE name = $4 \
+                 ON CONFLICT (app_id, process) DO UPDATE \
+                 SET memory_bytes = excluded.memory_bytes, nano_cpus = excluded.nano_cpus",
+            )
+            .bind(process)
+            .bind(l.memory_bytes)
+            .bind(l.nano_cpus)
+            .bind(app.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The HTTP path a new web instance must answer before it gets traffic, if one is set.
+    pub async fn health_path(&self, app: &AppName) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT health_path FROM apps WHERE name = $1")
+            .bind(app.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
+    /// Sets or clears the health check path.
+    pub async fn set_health_path(&self, app: &AppName, path: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE apps SET health_path = $1 WHERE name = $2")
+            .bind(path)
+            .bind(app.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -923,6 +1013,14 @@ mod tests {
     }
 
     #[test]
+    fn both_backends_have_the_same_migrations() {
+        let versions = |m: &[(i64, &str)]| m.iter().map(|(v, _)| *v).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
+        let expected: Vec<i64> = (1..=SQLITE_MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions(SQLITE_MIGRATIONS), expected);
+    }
+
+    #[test]
     fn backends_by_url() {
         assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
         assert_eq!(
@@ -1012,6 +1110,21 @@ mod tests {
         let v5 = db.add_release(&app, make("set C", None)).await.unwrap();
         assert_eq!((v4.version, v5.version), (4, 5));
         assert_eq!(v5.image.as_deref(), Some("img@sha256:2"));
+        let web_limits = Limits {
+            memory_bytes: Some(512 << 20),
+            nano_cpus: None,
+        };
+        db.set_limits(&app, &BTreeMap::from([("web".to_owned(), web_limits)]))
+            .await
+            .unwrap();
+        assert_eq!(db.limits(&app).await.unwrap()["web"], web_limits);
+        db.set_limits(&app, &BTreeMap::from([("web".to_owned(), Limits::default())]))
+            .await
+            .unwrap();
+        assert!(db.limits(&app).await.unwrap().is_empty());
+        assert_eq!(db.health_path(&app).await.unwrap(), None);
+        db.set_health_path(&app, Some("/up")).await.unwrap();
+        assert_eq!(db.health_path(&app).await.unwrap().as_deref(), Some("/up"));
         let (target, status) = db.target_release(&app).await.unwrap().unwrap();
         assert_eq!((target.version, status), (5, ReleaseStatus::Pending));
         assert_eq!(db.releases(&app).await.unwrap().len(), 5);

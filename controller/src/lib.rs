@@ -8,6 +8,7 @@
 pub mod api;
 pub mod db;
 mod error;
+pub mod logs;
 pub mod reconciler;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use slipway_runtime::{Engine, RegistryAuth};
 pub use error::ControllerError;
 
 use db::{Db, NewRelease, ReleaseStatus};
-use reconciler::{Event, Reconciler, ReconcilerConfig, ReconcilerHandle};
+use logs::AppLogs;
+use reconciler::{CrashBook, Event, Reconciler, ReconcilerConfig, ReconcilerHandle};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct Controller {
     engine: Arc<dyn Engine>,
     config: ControllerConfig,
     reconciler: ReconcilerHandle,
+    logs: Arc<AppLogs>,
+    crashes: Arc<CrashBook>,
     /// A token that lives only in this process's memory: the controller's own credential for
     /// pulling release images from the registry. It acts as `admin`.
     system_token: String,
@@ -87,10 +91,17 @@ impl Controller {
             Some(create_admin(&db, &config.data_dir).await?)
         };
         let system_token = new_token();
+        let logs = Arc::new(
+            AppLogs::open(&config.data_dir.join("logs"), logs::DEFAULT_CAP)
+                .map_err(|e| ControllerError::Io(format!("opening the app logs: {e}")))?,
+        );
+        let crashes = Arc::new(CrashBook::default());
         let reconciler = Reconciler::spawn(
             db.clone(),
             engine.clone(),
             routes,
+            logs.clone(),
+            crashes.clone(),
             ReconcilerConfig {
                 instance_id: config.instance_id.clone(),
                 domain: config.domain.clone(),
@@ -109,6 +120,8 @@ impl Controller {
             engine,
             config,
             reconciler,
+            logs,
+            crashes,
             system_token,
         });
         Ok((controller, first))
@@ -127,6 +140,14 @@ impl Controller {
 
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub(crate) fn crashes(&self) -> &CrashBook {
+        &self.crashes
+    }
+
+    pub(crate) fn logs(&self) -> &AppLogs {
+        &self.logs
     }
 
     pub(crate) fn engine(&self) -> &dyn Engine {
@@ -219,6 +240,9 @@ impl Controller {
         if let Err(e) = self.db.add_event(app, kind, actor, detail).await {
             tracing::warn!("events: recording {kind}: {e}");
         }
+        if let Some(app) = app {
+            self.logs.append(app, "api", None, &format!("{detail} (by {actor})"));
+        }
     }
 
     /// Records a release made from the latest one by `change`, and rolls it out.
@@ -242,6 +266,7 @@ impl Controller {
     /// After an app's rows are gone: stop its containers and delete its git repository.
     pub(crate) async fn forget(&self, app: &AppName) -> Result<(), ControllerError> {
         self.reconciler.send(Event::Destroyed(app.clone()));
+        self.logs.remove(app);
         let repo = slipway_core::layout::repo_path(&self.config.data_dir, app);
         match tokio::fs::remove_dir_all(&repo).await {
             Ok(()) => Ok(()),
@@ -319,6 +344,10 @@ impl Releases for Controller {
         })
         .await
         .map_err(port)
+    }
+
+    fn log_build(&self, app: &AppName, text: &str) {
+        self.logs.append(app, "build", None, text);
     }
 
     async fn await_deploy(&self, app: &AppName, version: i64) -> Result<(), PortError> {

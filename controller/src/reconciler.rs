@@ -3,14 +3,22 @@
 //!
 //! It is a loop over a closed set of [`Event`]s. Each event names the apps to look at; for each,
 //! the loop observes (the target release, the app's containers), compares, and acts: start the
-//! target release's web instance, wait until it accepts connections, route to it, then stop the
-//! others. A release whose instance never becomes ready is marked failed and the previous one
-//! keeps serving.
+//! target release's instances, wait until each web instance is ready (it accepts connections on
+//! `PORT`, or answers the app's health path), route to them, then drain and stop the others. A
+//! release whose instance never becomes ready is marked failed and the previous one keeps
+//! serving.
+//!
+//! Crashes: the engine reports each exit of one of our containers, which makes the app's pass
+//! run at once. A crashed instance is replaced immediately the first time, then with doubling
+//! delays (capped at [`MAX_BACKOFF`]); from the third crash in a row it is reported as a crash
+//! loop in the app's events and `ps`. The count starts again after [`CRASH_WINDOW`] without one.
+//!
+//! Every running container's output is collected into the app's log.
 //!
 //! Invariant: it only touches containers labelled with its own `slipway.instance` id, and it
 //! routes traffic only to instances that accepted a connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,10 +28,13 @@ use slipway_core::{AppName, Release};
 use slipway_runtime::{
     Container, ContainerSpec, Engine, LABEL_INSTANCE, LABEL_ONEOFF, RegistryAuth,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::db::{Db, ReleaseStatus};
+use crate::db::{Db, Limits, ReleaseStatus};
+use crate::logs::AppLogs;
 
 /// Docker label naming the app of a container.
 pub const LABEL_APP: &str = "slipway.app";
@@ -31,6 +42,16 @@ pub const LABEL_APP: &str = "slipway.app";
 pub const LABEL_PROCESS: &str = "slipway.process";
 /// Docker label naming the release (`v7`) of a container.
 pub const LABEL_RELEASE: &str = "slipway.release";
+/// Docker label recording the resource limits a container was started with, so a change of
+/// limits replaces it.
+pub const LABEL_LIMITS: &str = "slipway.limits";
+
+/// The longest wait before a crashed instance is started again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Crashes further apart than this do not count as a loop.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(600);
+/// From this many crashes in a row, a process type is reported as crash-looping.
+pub const CRASH_LOOP: u32 = 3;
 
 /// The port every web process listens on inside its container (`PORT`).
 pub const APP_PORT: u16 = 5000;
@@ -44,12 +65,15 @@ pub enum Event {
     Scaled(AppName),
     /// The app's custom domains changed.
     DomainsChanged(AppName),
-    /// The app's instances were removed for a restart.
-    Restarted(AppName),
+    /// The app's instances (of one process type, or all) are to be replaced by fresh ones,
+    /// rolling: each new one is ready before the old ones leave the routes.
+    Restarted(AppName, Option<String>),
     /// The app's maintenance mode was turned on or off.
     MaintenanceChanged(AppName),
     /// The app was destroyed.
     Destroyed(AppName),
+    /// One of the app's instances exited (crashed, or was killed outside Slipway).
+    InstanceExited(AppName),
     /// Periodic check of every app: replaces crashed instances, and at start brings every app
     /// back.
     Tick,
@@ -91,6 +115,13 @@ pub struct Reconciler {
     config: ReconcilerConfig,
     /// Host names and ready web backends per app; the route table is built from this.
     ready: Mutex<BTreeMap<AppName, Served>>,
+    /// Recent crashes per app, release and process type.
+    crashes: Arc<CrashBook>,
+    /// The app logs, and the containers whose output is being collected into them.
+    logs: Arc<AppLogs>,
+    collecting: Arc<Mutex<HashSet<String>>>,
+    /// Restarts asked for and not yet done: the process type, or `None` for all.
+    restarts: Mutex<HashMap<AppName, Option<String>>>,
     /// One lock per app, so two passes over one app never interleave.
     locks: Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     /// The loop's own queue, for passes that must run again after this one.
@@ -108,12 +139,99 @@ impl ReconcilerHandle {
     }
 }
 
+/// Crashes of one process type of one release.
+#[derive(Debug, Clone, Copy)]
+struct Crash {
+    /// Crashes in a row, each within [`CRASH_WINDOW`] of the one before.
+    count: u32,
+    /// When the last one happened.
+    at: Instant,
+}
+
+impl Crash {
+    /// How long after the last crash the next start may happen: at once after the first, then
+    /// 1 s, 2 s, 4 s ... up to [`MAX_BACKOFF`].
+    fn backoff(&self) -> Duration {
+        match self.count {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 2).min(16)).min(MAX_BACKOFF),
+        }
+    }
+}
+
+/// What a process type's crashes look like now, for `ps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashStatus {
+    /// The process type.
+    pub process: String,
+    /// The release (`v7`).
+    pub release: String,
+    /// Crashes in a row.
+    pub count: u32,
+    /// Seconds until the next start is allowed (0: now).
+    pub restart_in: u64,
+}
+
+/// Recent crashes, shared between the reconciler and the API's `ps`.
+#[derive(Default)]
+pub struct CrashBook(Mutex<HashMap<(AppName, String, String), Crash>>);
+
+impl CrashBook {
+    /// Records a crash; returns the crashes in a row and the wait before the next start.
+    fn record(&self, app: &AppName, release: &str, process: &str) -> (u32, Duration) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let key = (app.clone(), release.to_owned(), process.to_owned());
+        let crash = book.entry(key).or_insert(Crash { count: 0, at: now });
+        if now.duration_since(crash.at) > CRASH_WINDOW {
+            crash.count = 0;
+        }
+        crash.count += 1;
+        crash.at = now;
+        (crash.count, crash.backoff())
+    }
+
+    /// How long until `process` of `release` may start again after its last crash, if it must
+    /// wait.
+    fn wait(&self, app: &AppName, release: &str, process: &str) -> Option<Duration> {
+        let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let crash = book.get(&(app.clone(), release.to_owned(), process.to_owned()))?;
+        let left = crash.backoff().saturating_sub(crash.at.elapsed());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// The app's process types that crashed within [`CRASH_WINDOW`].
+    pub fn status(&self, app: &AppName) -> Vec<CrashStatus> {
+        let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<CrashStatus> = book
+            .iter()
+            .filter(|((a, _, _), c)| a == app && c.at.elapsed() <= CRASH_WINDOW)
+            .map(|((_, release, process), c)| CrashStatus {
+                process: process.clone(),
+                release: release.clone(),
+                count: c.count,
+                restart_in: c.backoff().saturating_sub(c.at.elapsed()).as_secs(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.process, &a.release).cmp(&(&b.process, &b.release)));
+        out
+    }
+
+    /// Forgets an app's crashes (it was destroyed).
+    fn forget(&self, app: &AppName) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        book.retain(|(a, _, _), _| a != app);
+    }
+}
+
 impl Reconciler {
     /// Starts the loop on the current runtime. The first pass runs at once.
     pub fn spawn(
         db: Db,
         engine: Arc<dyn Engine>,
         routes: Routes,
+        logs: Arc<AppLogs>,
+        crashes: Arc<CrashBook>,
         config: ReconcilerConfig,
     ) -> ReconcilerHandle {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -123,10 +241,15 @@ impl Reconciler {
             routes,
             config,
             ready: Mutex::default(),
+            crashes,
+            logs,
+            collecting: Arc::default(),
+            restarts: Mutex::default(),
             locks: Mutex::default(),
             again: tx.clone(),
         });
         let handle = ReconcilerHandle(tx.clone());
+        tokio::spawn(watch_exits(this.engine.clone(), this.config.instance_id.clone(), tx.clone()));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(this.config.tick);
             loop {
@@ -145,9 +268,22 @@ impl Reconciler {
             Event::Released(app)
             | Event::Scaled(app)
             | Event::DomainsChanged(app)
-            | Event::Restarted(app)
             | Event::MaintenanceChanged(app)
-            | Event::Destroyed(app) => vec![app],
+            | Event::InstanceExited(app) => vec![app],
+            Event::Restarted(app, process) => {
+                let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+                // Two restarts before a pass: of the same type stays that type, else all.
+                let merged = match restarts.get(&app) {
+                    Some(queued) if *queued != process => None,
+                    _ => process,
+                };
+                restarts.insert(app.clone(), merged);
+                vec![app]
+            }
+            Event::Destroyed(app) => {
+                self.crashes.forget(&app);
+                vec![app]
+            }
             Event::Tick => match self.all_apps().await {
                 Ok(apps) => apps,
                 Err(e) => {
@@ -243,24 +379,42 @@ impl Reconciler {
         };
         let formation = self.db.formation(app).await.map_err(|e| e.to_string())?;
         let desired = desired_formation(&release, &formation);
+        let limits = self.db.limits(app).await.map_err(|e| e.to_string())?;
+        let health = self.db.health_path(app).await.map_err(|e| e.to_string())?;
         let label = release.label();
+        let restart = self
+            .restarts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
 
         // Observe: the running instances of the target release, by process type.
         let mut current: BTreeMap<String, Vec<Container>> = BTreeMap::new();
         let mut stale = Vec::new();
+        let after = self.logs.last_timestamp(app);
         for c in containers {
             let process = c.labels.get(LABEL_PROCESS).cloned().unwrap_or_default();
-            if !c.running && c.labels.get(LABEL_RELEASE) == Some(&label) {
-                self.event(
-                    app,
-                    "crash",
-                    &format!("{process} instance {} exited; replacing it", c.name),
-                )
-                .await;
+            if c.running {
+                self.collect(app, &c, &after);
             }
+            let of_target = c.labels.get(LABEL_RELEASE) == Some(&label);
+            if !c.running && of_target {
+                let how = match c.exit_code {
+                    Some(code) => format!("exited with status {code}"),
+                    None => "exited".to_owned(),
+                };
+                self.crashed(app, &label, &process, &format!("instance {} {how}", c.name))
+                    .await;
+            }
+            let limits_now = limits_label(limits.get(&process));
+            let restarting = restart
+                .as_ref()
+                .is_some_and(|only| only.as_ref().is_none_or(|p| *p == process));
             if c.running
-                && c.labels.get(LABEL_RELEASE) == Some(&label)
+                && !restarting
+                && of_target
                 && desired.contains_key(&process)
+                && c.labels.get(LABEL_LIMITS) == Some(&limits_now)
             {
                 current.entry(process).or_default().push(c);
             } else {
@@ -286,8 +440,22 @@ impl Reconciler {
                 stale.extend(have.pop());
             }
             while have.len() < *want {
-                match self.start(&release, process).await {
+                if status != ReleaseStatus::Pending
+                    && self.crashes.wait(app, &label, process).is_some()
+                {
+                    // Backing off after crashes; `crashed` scheduled the pass that starts it.
+                    break;
+                }
+                let started = self
+                    .start(&release, process, limits.get(process), health.as_deref())
+                    .await;
+                match started {
                     Ok(c) => have.push(c),
+                    Err(e) if status != ReleaseStatus::Pending => {
+                        self.crashed(app, &label, process, &format!("did not start: {e}"))
+                            .await;
+                        break;
+                    }
                     Err(e) => {
                         self.event(
                             app,
@@ -343,9 +511,92 @@ impl Reconciler {
         })
     }
 
-    /// Starts one instance of `process`. A web instance gets `PORT` published and counts as
-    /// started only once it accepts connections.
-    async fn start(&self, release: &Release, process: &str) -> Result<Container, String> {
+    /// Records a crash of `process` of release `label`, reports it in the app's events (and, from
+    /// the [`CRASH_LOOP`]th in a row, as a crash loop), and schedules the pass that replaces it
+    /// once its backoff is over.
+    async fn crashed(&self, app: &AppName, label: &str, process: &str, what: &str) {
+        let (count, wait) = self.crashes.record(app, label, process);
+        let mut detail = format!("{process} {what}");
+        if count >= CRASH_LOOP {
+            detail.push_str(&format!(
+                "; {label} {process} is crash-looping ({count} crashes in a row)"
+            ));
+        }
+        if wait.is_zero() {
+            detail.push_str("; starting a new instance now");
+        } else {
+            detail.push_str(&format!(
+                "; starting a new instance in {}s",
+                wait.as_secs()
+            ));
+            let again = self.again.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = again.send(Event::InstanceExited(app));
+            });
+        }
+        warn!(app = %app, "crash: {detail}");
+        self.event(app, "crash", &detail).await;
+    }
+
+    /// Collects a running container's output into the app's log, once per container. Lines at
+    /// or before `after` (the log's newest timestamp when the container was found) were
+    /// collected before a restart of the server and are skipped.
+    fn collect(&self, app: &AppName, c: &Container, after: &str) {
+        if c.labels.contains_key(LABEL_ONEOFF) {
+            return;
+        }
+        {
+            let mut collecting = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+            if !collecting.insert(c.id.clone()) {
+                return;
+            }
+        }
+        let process = c.labels.get(LABEL_PROCESS).map_or("app", String::as_str);
+        let source = format!("{process}.{}", short(&c.id));
+        let (engine, logs, collecting) = (
+            self.engine.clone(),
+            self.logs.clone(),
+            self.collecting.clone(),
+        );
+        let (app, id, after) = (app.clone(), c.id.clone(), after.to_owned());
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::channel(256);
+            let follow = {
+                let (engine, id) = (engine.clone(), id.clone());
+                let since = crate::logs::unix_seconds(&after);
+                tokio::spawn(async move { engine.follow_logs(&id, since, tx).await })
+            };
+            while let Some(line) = rx.recv().await {
+                let ts = crate::logs::normalize(&line.timestamp);
+                if let Some(ts) = &ts
+                    && ts.as_str() <= after.as_str()
+                {
+                    continue;
+                }
+                logs.append(&app, &source, ts.as_deref(), &line.text);
+            }
+            if let Ok(Err(e)) = follow.await {
+                warn!(app = %app, container = %id, "logs: following: {e}");
+            }
+            collecting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
+    /// Starts one instance of `process` with its `limits`. A web instance gets `PORT`
+    /// published and counts as started only once it is ready: it accepts connections, or
+    /// answers `health` with 2xx or 3xx when the app has a health path.
+    async fn start(
+        &self,
+        release: &Release,
+        process: &str,
+        limits: Option<&Limits>,
+        health: Option<&str>,
+    ) -> Result<Container, String> {
         let image = release.image.as_deref().ok_or("release has no image")?;
         self.engine
             .pull(image, &self.config.registry)
@@ -374,11 +625,14 @@ impl Reconciler {
                 (LABEL_APP.to_owned(), release.app.to_string()),
                 (LABEL_PROCESS.to_owned(), process.to_owned()),
                 (LABEL_RELEASE.to_owned(), release.label()),
+                (LABEL_LIMITS.to_owned(), limits_label(limits)),
             ]),
             publish: web.then_some(APP_PORT),
-            memory_bytes: None,
+            memory_bytes: limits.and_then(|l| l.memory_bytes),
+            nano_cpus: limits.and_then(|l| l.nano_cpus),
         };
         let container = self.engine.run(&spec).await.map_err(|e| e.to_string())?;
+        self.collect(&release.app, &container, "");
         if !web {
             return Ok(container);
         }
@@ -388,7 +642,11 @@ impl Reconciler {
         };
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
         loop {
-            if accepts(addr).await {
+            let ready = match health {
+                Some(path) => answers(addr, path).await,
+                None => accepts(addr).await,
+            };
+            if ready {
                 return Ok(container);
             }
             let still_running = match self.engine.container(&container.id).await {
@@ -404,8 +662,12 @@ impl Reconciler {
             }
             if tokio::time::Instant::now() >= deadline {
                 self.retire(vec![container]).await;
+                let what = match health {
+                    Some(path) => format!("answer {path} with 2xx or 3xx"),
+                    None => format!("listen on PORT {APP_PORT}"),
+                };
                 return Err(format!(
-                    "the web process did not listen on PORT {APP_PORT} within {:?}",
+                    "the web process did not {what} within {:?}",
                     self.config.ready_timeout
                 ));
             }
@@ -417,6 +679,7 @@ impl Reconciler {
         if let Err(e) = self.db.add_event(Some(app), kind, "slipway", detail).await {
             warn!("events: recording {kind}: {e}");
         }
+        self.logs.append(app, "slipway", None, detail);
     }
 
     async fn retire(&self, containers: Vec<Container>) {
@@ -491,6 +754,73 @@ pub fn desired_formation(
 /// (whose port accepts connections even before the app listens).
 fn backend_addr(c: &Container) -> Option<SocketAddr> {
     c.ip.map(|ip| SocketAddr::new(ip, APP_PORT))
+}
+
+/// The value of [`LABEL_LIMITS`] for `limits`: `memory:cpu`, `-` where there is none.
+fn limits_label(limits: Option<&Limits>) -> String {
+    let part = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let l = limits.copied().unwrap_or_default();
+    format!("{}:{}", part(l.memory_bytes), part(l.nano_cpus))
+}
+
+/// Follows the exits of this server's containers and makes each one's app reconcile at once.
+/// Reconnects when the engine's event stream ends.
+async fn watch_exits(
+    engine: Arc<dyn Engine>,
+    instance: String,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        let (tx, mut rx) = mpsc::channel(64);
+        let watch = {
+            let (engine, instance) = (engine.clone(), instance.clone());
+            tokio::spawn(async move {
+                engine
+                    .watch_exits(&[(LABEL_INSTANCE, instance.as_str())], tx)
+                    .await
+            })
+        };
+        while let Some(id) = rx.recv().await {
+            // Gone already: Slipway removed it itself.
+            let Ok(Some(c)) = engine.container(&id).await else {
+                continue;
+            };
+            if c.labels.contains_key(LABEL_ONEOFF) {
+                continue;
+            }
+            if let Some(app) = c.labels.get(LABEL_APP).and_then(|a| a.parse().ok())
+                && events.send(Event::InstanceExited(app)).is_err()
+            {
+                return;
+            }
+        }
+        if let Ok(Err(e)) = watch.await {
+            warn!("reconcile: watching container exits: {e}; reconnecting");
+        }
+        if events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether an HTTP GET of `path` gets a 2xx or 3xx answer within 2 seconds.
+async fn answers(addr: SocketAddr, path: &str) -> bool {
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-health\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        // `HTTP/1.x NNN`
+        let status: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
+        Some(head.starts_with(b"HTTP/1.") && (200..400).contains(&status))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Some(true))
+    )
 }
 
 async fn accepts(addr: SocketAddr) -> bool {

@@ -67,6 +67,9 @@ pub trait Releases: Send + Sync + 'static {
     /// Records a new release for a built image and asks for it to be deployed.
     async fn release_build(&self, built: BuiltImage) -> Result<Release, PortError>;
 
+    /// Appends build output (one or more lines) to the app's log, where `slipway logs` shows it.
+    fn log_build(&self, app: &AppName, text: &str);
+
     /// Waits until `version` of `app` is serving, or returns why it could not be deployed.
     async fn await_deploy(&self, app: &AppName, version: i64) -> Result<(), PortError>;
 }

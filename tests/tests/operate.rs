@@ -93,8 +93,35 @@ fn operate_a_deployed_app() {
     assert!(out.contains("rollback to v1"), "{out}");
     server.wait_for_body("ops", "hello from ops v3", Duration::from_secs(90));
 
-    // A restart replaces the instances and the app keeps its formation.
+    // A restart replaces the instances, rolling, and the app keeps its formation.
+    let names = |ps: &str| -> Vec<String> {
+        ps.lines()
+            .filter(|l| l.contains(" up"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("slipway-")))
+            .map(str::to_owned)
+            .collect()
+    };
+    // The rollback's old instances drain first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let now = names(&server.cli_ok(&["ps", "-a", "ops"]));
+        if now.len() == 2 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "never settled: {now:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
     server.cli_ok(&["ps:restart", "-a", "ops"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ps = server.cli_ok(&["ps", "-a", "ops"]);
+        let now = names(&ps);
+        if now.len() == 2 && now.iter().all(|n| !before.contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never replaced:\n{ps}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     server.wait_for_body("ops", "hello from ops v3", Duration::from_secs(60));
 
     // One-off runs see the config and report the command's exit code.
