@@ -122,6 +122,74 @@ pub(crate) trait UploadWriter: Send {
     async fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
+/// Checks that an empty `backend` keeps the contract in the module documentation; every
+/// backend's tests run it.
+#[cfg(test)]
+pub(crate) async fn check_contract(backend: &dyn Backend) {
+    use futures_util::TryStreamExt;
+
+    let key = Key::new("a").join("b/c");
+    assert_eq!(backend.size(&key).await.expect("size"), None);
+    assert!(backend.get(&key).await.expect("get").is_none());
+    assert!(backend.stream(&key, 0, 1).await.expect("stream").is_none());
+
+    backend
+        .put(&key, Bytes::from_static(b"first"))
+        .await
+        .expect("put");
+    backend
+        .put(&key, Bytes::from_static(b"second"))
+        .await
+        .expect("replace");
+    assert_eq!(backend.size(&key).await.expect("size"), Some(6));
+    assert_eq!(
+        &backend.get(&key).await.expect("get").expect("object")[..],
+        b"second"
+    );
+    let part = backend
+        .stream(&key, 1, 3)
+        .await
+        .expect("stream")
+        .expect("object");
+    let part: Vec<Bytes> = part.try_collect().await.expect("read");
+    assert_eq!(part.concat(), b"eco");
+    assert_eq!(backend.list(&Key::new("a")).await.expect("list"), ["b"]);
+
+    // Uploads are invisible until committed, and a commit never replaces.
+    let upload = async |chunks: &[&[u8]]| {
+        let id = UploadId::random();
+        backend.create_upload(&id).await.expect("create");
+        for chunk in chunks {
+            let mut writer = backend.append_upload(&id).await.expect("writer");
+            writer.write(chunk).await.expect("write");
+            writer.finish().await.expect("finish");
+        }
+        id
+    };
+    let dest = Key::new("d").join("e");
+    for (chunks, commit) in [
+        (&[&b"up"[..], b"load"][..], Commit::Created),
+        (&[&b"other"[..]][..], Commit::Existed),
+    ] {
+        let id = upload(chunks).await;
+        assert!(backend.get(&dest).await.expect("get").is_none() || commit == Commit::Existed);
+        let committed = backend.commit_upload(&id, &dest).await.expect("commit");
+        assert_eq!(committed, commit);
+        let stored = backend.get(&dest).await.expect("get").expect("object");
+        assert_eq!(&stored[..], b"upload");
+        backend
+            .remove_upload(&id)
+            .await
+            .expect("already gone is fine");
+    }
+
+    // A prefix lives as long as an object under it.
+    assert!(backend.delete(&key).await.expect("delete"));
+    assert!(!backend.delete(&key).await.expect("delete again"));
+    assert!(backend.list(&Key::new("a")).await.expect("list").is_empty());
+    assert_eq!(backend.list(&Key::new("d")).await.expect("list"), ["e"]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

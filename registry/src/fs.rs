@@ -330,3 +330,38 @@ fn link_manifest_blobs(root: &Path, repo_dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::check_contract;
+
+    #[tokio::test]
+    async fn keeps_the_backend_contract() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = FsBackend::open(dir.path()).expect("open");
+        check_contract(&backend).await;
+        // Nothing of the uploads is left, and prefixes went with their objects.
+        let names = |p: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(p)
+                .expect("read dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(dir.path()), ["d", "uploads"]);
+        assert!(names(&dir.path().join("uploads")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn opening_drops_unfinished_uploads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = FsBackend::open(dir.path()).expect("open");
+        let id = UploadId::random();
+        backend.create_upload(&id).await.expect("create");
+        drop(backend);
+        FsBackend::open(dir.path()).expect("reopen");
+        assert!(!dir.path().join("uploads").join(id.as_str()).exists());
+    }
+}
