@@ -58,11 +58,50 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/tokens", post(create_token))
         .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
+        .method_not_allowed_fallback(|| async { ControllerError::MethodNotAllowed })
         .with_state(controller)
 }
 
 /// The authenticated caller.
 struct Caller(UserName);
+
+/// A JSON request body. Like axum's `Json`, but a body that is not JSON of the right shape is
+/// answered in the API's one error shape (400 `bad_request`), not as framework text.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ControllerError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(body)) => Ok(Body(body)),
+            Err(rejection) => Err(ControllerError::BadRequest(format!(
+                "request body: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters, with the same error shape as [`Body`].
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ControllerError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Params(q)),
+            Err(rejection) => Err(ControllerError::BadRequest(rejection.body_text())),
+        }
+    }
+}
 
 impl FromRequestParts<Arc<Controller>> for Caller {
     type Rejection = ControllerError;
@@ -169,7 +208,7 @@ struct AddedKey {
 async fn add_key(
     State(ctl): Ctl,
     caller: Caller,
-    Json(body): Json<AddKey>,
+    Body(body): Body<AddKey>,
 ) -> Result<(StatusCode, Json<AddedKey>)> {
     let key =
         keys::parse(&body.public_key).map_err(|e| ControllerError::BadRequest(e.to_string()))?;
@@ -255,7 +294,7 @@ struct CreateApp {
 async fn create_app(
     State(ctl): Ctl,
     caller: Caller,
-    Json(body): Json<CreateApp>,
+    Body(body): Body<CreateApp>,
 ) -> Result<(StatusCode, Json<AppOut>)> {
     let app = app_name(&body.name)?;
     ctl.db().create_app(&app, &caller.0).await?;
@@ -324,7 +363,7 @@ async fn patch_config(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(changes): Json<BTreeMap<String, Option<String>>>,
+    Body(changes): Body<BTreeMap<String, Option<String>>>,
 ) -> Result<Json<ReleaseOut>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     if changes.is_empty() {
@@ -435,7 +474,7 @@ struct NewToken {
 async fn create_user(
     State(ctl): Ctl,
     caller: Caller,
-    Json(body): Json<CreateUser>,
+    Body(body): Body<CreateUser>,
 ) -> Result<(StatusCode, Json<NewToken>)> {
     if caller.0.as_str() != "admin" {
         return Err(ControllerError::Forbidden(
@@ -553,7 +592,7 @@ async fn add_domain(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<AddDomain>,
+    Body(body): Body<AddDomain>,
 ) -> Result<StatusCode> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let host = body.host.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -694,7 +733,7 @@ async fn scale(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<BTreeMap<String, i64>>,
+    Body(body): Body<BTreeMap<String, i64>>,
 ) -> Result<Json<BTreeMap<String, usize>>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     if body.is_empty() {
@@ -752,7 +791,7 @@ async fn set_limits(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<BTreeMap<String, BTreeMap<String, Option<i64>>>>,
+    Body(body): Body<BTreeMap<String, BTreeMap<String, Option<i64>>>>,
 ) -> Result<Json<BTreeMap<String, Limits>>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     if body.is_empty() {
@@ -832,7 +871,7 @@ async fn set_healthcheck(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<Healthcheck>,
+    Body(body): Body<Healthcheck>,
 ) -> Result<Json<Healthcheck>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     if let Some(path) = &body.path {
@@ -894,7 +933,7 @@ async fn logs(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Params(q): Params<LogsQuery>,
 ) -> Result<axum::response::Response> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let lines = q.lines.unwrap_or(100).min(10_000);
@@ -905,7 +944,8 @@ async fn logs(
     if body.is_empty() && follow.is_none() {
         body = format!("{app} has no output yet\n");
     }
-    let builder = axum::response::Response::builder().header("content-type", "text/plain; charset=utf-8");
+    let builder =
+        axum::response::Response::builder().header("content-type", "text/plain; charset=utf-8");
     let Some(mut rx) = follow.take() else {
         return builder
             .body(axum::body::Body::from(body))
@@ -925,9 +965,9 @@ async fn logs(
             };
             let line = match received {
                 Ok(line) => line,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    Arc::from(format!("(slipway: {n} lines skipped: this client fell behind)"))
-                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Arc::from(format!(
+                    "(slipway: {n} lines skipped: this client fell behind)"
+                )),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             // Already sent with the tail.
@@ -978,7 +1018,7 @@ async fn add_access(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<AddAccess>,
+    Body(body): Body<AddAccess>,
 ) -> Result<StatusCode> {
     let app = owned_app(&ctl, &caller.0, &raw).await?;
     let user = user_name(&body.user)?;
@@ -1028,7 +1068,7 @@ async fn deploy_image(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<DeployImage>,
+    Body(body): Body<DeployImage>,
 ) -> Result<Json<ReleaseOut>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let image = body.image.trim().to_owned();
@@ -1068,7 +1108,7 @@ async fn run_oneoff(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<RunOneoff>,
+    Body(body): Body<RunOneoff>,
 ) -> Result<axum::response::Response> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     if body.command.trim().is_empty() {
@@ -1176,7 +1216,7 @@ async fn set_maintenance(
     State(ctl): Ctl,
     caller: Caller,
     Path(raw): Path<String>,
-    Json(body): Json<Maintenance>,
+    Body(body): Body<Maintenance>,
 ) -> Result<Json<Maintenance>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     ctl.db().set_maintenance(&app, body.maintenance).await?;
@@ -1211,7 +1251,7 @@ struct EventOut {
 async fn list_events(
     State(ctl): Ctl,
     caller: Caller,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
 ) -> Result<Json<Vec<EventOut>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let rows = match &q.app {

@@ -26,6 +26,9 @@ pub enum ControllerError {
     /// The request was malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The path exists, the method does not.
+    #[error("this path does not take that method; see /v1/openapi.json")]
+    MethodNotAllowed,
     /// A database failure; details are logged, not returned.
     #[error("database error")]
     Db(#[from] DbError),
@@ -53,6 +56,9 @@ impl IntoResponse for ControllerError {
             ControllerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ControllerError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ControllerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ControllerError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ControllerError::Db(DbError::Exists(_)) => (StatusCode::CONFLICT, "conflict"),
             ControllerError::Db(_) | ControllerError::Io(_) => {
                 tracing::error!("api: {self:#}");

@@ -176,3 +176,80 @@ fn openapi_document_needs_no_token() {
     let error: Value = serde_json::from_str(&body).expect("the error is JSON");
     assert_eq!(error["error"]["code"], "unauthorized", "{body}");
 }
+
+/// Requests the framework would reject on its own (wrong method, a body that is not JSON of the
+/// right shape, a bad query value) get the API's one error shape too.
+#[test]
+fn malformed_requests_get_the_one_error_shape() {
+    let server = Server::start();
+    server.cli_ok(&["apps:create", "shapes"]);
+    let url = format!("http://127.0.0.1:{}", server.api);
+    let auth = format!("Authorization: Bearer {}", server.token);
+    let call = |args: &[&str]| -> (u16, Value) {
+        let out = slipway_tests::run(
+            std::process::Command::new("curl")
+                .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H", &auth])
+                .args(args),
+        );
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        let error =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("{args:?}: not JSON: {body:?}"));
+        (code.parse().unwrap(), error)
+    };
+    let json = "Content-Type: application/json";
+    let cases: &[(&[&str], u16, &str)] = &[
+        (
+            &["-X", "DELETE", &format!("{url}/v1/apps")],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            &[
+                "-X",
+                "POST",
+                "-H",
+                json,
+                "-d",
+                "{",
+                &format!("{url}/v1/apps"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            &["-X", "POST", "-d", "name=x", &format!("{url}/v1/apps")],
+            400,
+            "bad_request",
+        ),
+        (
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                json,
+                "-d",
+                r#"{"web":"two"}"#,
+                &format!("{url}/v1/apps/shapes/formation"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            &[&format!("{url}/v1/apps/shapes/logs?lines=many")],
+            400,
+            "bad_request",
+        ),
+        (&[&format!("{url}/v1/no/such/path")], 404, "not_found"),
+    ];
+    for (args, status, code) in cases {
+        let (got, error) = call(args);
+        assert_eq!(got, *status, "{args:?}: {error}");
+        assert_eq!(error["error"]["code"], *code, "{args:?}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+}
