@@ -22,15 +22,20 @@ fn web_containers(server: &Server, app: &str) -> Vec<(String, i64, i64)> {
         "label=slipway.process=web",
     ])));
     ids.split_whitespace()
-        .map(|id| {
-            let out = text(&run(Command::new("docker").args([
+        .filter_map(|id| {
+            let out = run(Command::new("docker").args([
                 "inspect",
                 "-f",
                 "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
                 id,
-            ])));
+            ]));
+            // Removed between the listing and now: it is no longer running.
+            if !out.status.success() {
+                return None;
+            }
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
             let mut f = out.split_whitespace().map(|n| n.parse::<i64>().unwrap());
-            (id.to_owned(), f.next().unwrap(), f.next().unwrap())
+            Some((id.to_owned(), f.next()?, f.next()?))
         })
         .collect()
 }
