@@ -70,7 +70,9 @@ fn the_reconciler_heals_and_keeps_history() {
     assert!(logs.contains("heal[slipway]: v1 is serving"), "{logs}");
 
     // A killed instance is replaced; its output stays in the log after it is gone.
-    let (killed, _, _) = web_containers(&server, "heal").pop().expect("a web container");
+    let (killed, _, _) = web_containers(&server, "heal")
+        .pop()
+        .expect("a web container");
     let started = Instant::now();
     run(Command::new("docker").args(["kill", &killed]));
     server.wait_for_body("heal", "hello from heal v1", Duration::from_secs(60));
@@ -78,11 +80,15 @@ fn the_reconciler_heals_and_keeps_history() {
         "crash to serving again: {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    wait_until("the killed container is gone", Duration::from_secs(30), || {
-        web_containers(&server, "heal")
-            .iter()
-            .all(|(id, _, _)| *id != killed)
-    });
+    wait_until(
+        "the killed container is gone",
+        Duration::from_secs(30),
+        || {
+            web_containers(&server, "heal")
+                .iter()
+                .all(|(id, _, _)| *id != killed)
+        },
+    );
     let logs = server.cli_ok(&["logs", "-a", "heal", "-n", "1000"]);
     let source = format!("heal[web.{}]: listening on port 5000", &killed[..8]);
     assert!(logs.contains(&source), "{source} missing from\n{logs}");
@@ -98,12 +104,19 @@ fn the_reconciler_heals_and_keeps_history() {
     assert!(text(&bad).contains("CPUs"), "{}", text(&bad));
     server.cli_ok(&["limits:set", "-a", "heal", "web=256M"]);
     let limits = server.cli_ok(&["limits:set", "-a", "heal", "--cpu", "web=0.5"]);
-    assert!(limits.contains("256M") && limits.contains("0.5"), "{limits}");
-    wait_until("the instance runs with its limits", Duration::from_secs(60), || {
-        web_containers(&server, "heal")
-            .iter()
-            .any(|(_, mem, cpu)| *mem == 256 << 20 && *cpu == 500_000_000)
-    });
+    assert!(
+        limits.contains("256M") && limits.contains("0.5"),
+        "{limits}"
+    );
+    wait_until(
+        "the instance runs with its limits",
+        Duration::from_secs(60),
+        || {
+            web_containers(&server, "heal")
+                .iter()
+                .any(|(_, mem, cpu)| *mem == 256 << 20 && *cpu == 500_000_000)
+        },
+    );
     server.wait_for_body("heal", "hello from heal v1", Duration::from_secs(30));
     server.cli_ok(&["limits:unset", "-a", "heal", "web"]);
     assert!(
@@ -117,11 +130,15 @@ fn the_reconciler_heals_and_keeps_history() {
     assert!(!bad.status.success());
     server.cli_ok(&["healthcheck:set", "-a", "heal", "/healthz"]);
     server.cli_ok(&["ps:restart", "-a", "heal"]);
-    wait_until("the health check was asked", Duration::from_secs(60), || {
-        server
-            .cli_ok(&["logs", "-a", "heal", "-n", "1000"])
-            .contains("health check /healthz by slipway-health")
-    });
+    wait_until(
+        "the health check was asked",
+        Duration::from_secs(60),
+        || {
+            server
+                .cli_ok(&["logs", "-a", "heal", "-n", "1000"])
+                .contains("health check /healthz by slipway-health")
+        },
+    );
     server.wait_for_body("heal", "hello from heal v1", Duration::from_secs(30));
     server.cli_ok(&["healthcheck:unset", "-a", "heal"]);
 
@@ -141,13 +158,27 @@ fn the_reconciler_heals_and_keeps_history() {
 
     // The server killed in the middle of a rollout: after a restart it converges on the new
     // release, with one web instance and nothing orphaned.
-    server.cli_ok(&["config:set", "-a", "heal", "GREETING=again"]);
+    server.cli_ok(&["config:set", "-a", "heal", "GREETING=again-7f3e"]);
     std::thread::sleep(Duration::from_millis(300));
     server.kill_and_restart();
-    server.wait_for_body("heal", "again from heal v4", Duration::from_secs(90));
+    server.wait_for_body("heal", "again-7f3e from heal v4", Duration::from_secs(90));
     wait_until("one web instance is left", Duration::from_secs(60), || {
         web_containers(&server, "heal").len() == 1
     });
     let releases = server.cli_ok(&["releases", "-a", "heal"]);
     assert!(releases.contains("v4"), "{releases}");
+
+    // Config values never reach the log, the events or the server's own log.
+    let logs = server.cli_ok(&["logs", "-a", "heal", "-n", "10000"]);
+    let events = server.cli_ok(&["events", "-a", "heal"]);
+    for (what, text) in [
+        ("logs", &logs),
+        ("events", &events),
+        ("server log", &server.log()),
+    ] {
+        assert!(
+            !text.contains("again-7f3e"),
+            "a config value in the {what}:\n{text}"
+        );
+    }
 }
