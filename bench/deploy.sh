@@ -10,27 +10,10 @@ REPS=${1:-3}
 BIN=${SLIPWAY_BIN:-${CARGO_TARGET_DIR:-/var/cache/slipway/target}/release/slipway}
 [ -x "$BIN" ] || { echo "no slipway binary at $BIN (cargo build --release -p slipway-cli)" >&2; exit 1; }
 
-tmp=$(mktemp -d /tmp/bench-deploy.XXXXXX)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-API=$(port); SSH=$(port); REG=$(port); HTTP=$(port)
-SLIPWAY_API_ADDR=127.0.0.1:$API SLIPWAY_SSH_ADDR=127.0.0.1:$SSH SLIPWAY_REGISTRY_ADDR=127.0.0.1:$REG \
-  SLIPWAY_HTTP_ADDR=127.0.0.1:$HTTP "$BIN" server --data "$tmp/data" > "$tmp/server.log" 2>&1 &
-pid=$!
-cleanup() {
-  kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-  id=$(cat "$tmp/data/instance-id" 2>/dev/null || true)
-  [ -n "$id" ] && docker ps -aq --filter "label=slipway.instance=$id" | xargs -r docker rm -f >/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-for _ in $(seq 1 100); do [ -s "$tmp/data/admin-token" ] && curl -s -o /dev/null "http://127.0.0.1:$API/" && break; sleep 0.1; done
-export SLIPWAY_URL=http://127.0.0.1:$API SLIPWAY_TOKEN=$(cat "$tmp/data/admin-token")
-bash stacks/push.sh "127.0.0.1:$REG" "admin:$SLIPWAY_TOKEN" >/dev/null
+# shellcheck source=server.sh
+. bench/server.sh
 sleep 5
 rss_idle=$(ps -o rss= -p "$pid" | tr -d ' ')
-ssh-keygen -q -t ed25519 -N '' -f "$tmp/key"
-"$BIN" keys:add "$tmp/key.pub" >/dev/null
-export GIT_SSH_COMMAND="ssh -i $tmp/key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
 # Seconds from the start of `git push` until the router answers 200 with the new release.
 deploy() {
