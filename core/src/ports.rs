@@ -73,3 +73,54 @@ pub trait Releases: Send + Sync + 'static {
     /// Waits until `version` of `app` is serving, or returns why it could not be deployed.
     async fn await_deploy(&self, app: &AppName, version: i64) -> Result<(), PortError>;
 }
+
+/// A manifest that registry garbage collection removed (or would remove).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CollectedManifest {
+    /// The repository it was in (`apps/web`).
+    pub repository: String,
+    /// Its digest (`sha256:...`).
+    pub digest: String,
+    /// The size of its bytes.
+    pub bytes: u64,
+}
+
+/// Stored content that registry garbage collection deleted (or would delete).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CollectedBlob {
+    /// Its digest (`sha256:...`).
+    pub digest: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// What one garbage collection of the registry removed, or would remove on a dry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcReport {
+    /// Whether nothing was deleted (the lists say what would have been).
+    pub dry_run: bool,
+    /// The manifests removed from their repositories, sorted by repository and digest.
+    pub manifests: Vec<CollectedManifest>,
+    /// The content deleted (layers, configs and manifest bytes), sorted by digest.
+    pub blobs: Vec<CollectedBlob>,
+    /// The bytes of storage freed: the sum of `blobs`.
+    pub bytes_freed: u64,
+}
+
+/// One image the registry must keep: a manifest by repository and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeptImage {
+    /// The repository (`apps/web`).
+    pub repository: String,
+    /// The manifest's digest (`sha256:...`).
+    pub digest: String,
+}
+
+/// Garbage collection of Slipway's own registry, as the controller asks for it. The controller
+/// decides which images releases still need; the registry decides what that leaves unreferenced.
+#[async_trait]
+pub trait RegistryGc: Send + Sync + 'static {
+    /// Removes every manifest not in `keep` (nor tagged, nor otherwise needed by one that stays)
+    /// and the content nothing references any more; on a `dry_run`, only reports it.
+    async fn collect(&self, keep: &[KeptImage], dry_run: bool) -> Result<GcReport, PortError>;
+}

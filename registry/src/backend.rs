@@ -81,6 +81,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The size of the object at `key`, or `None` if there is none.
     async fn size(&self, key: &Key) -> io::Result<Option<u64>>;
 
+    /// When the object at `key` was last written, or `None` if there is none. Garbage
+    /// collection spares what is younger than its grace period.
+    async fn modified(&self, key: &Key) -> io::Result<Option<std::time::SystemTime>>;
+
     /// The whole object at `key`, or `None`. Only for small objects (manifests, links, tags).
     async fn get(&self, key: &Key) -> io::Result<Option<Bytes>>;
 
@@ -142,6 +146,15 @@ pub(crate) async fn check_contract(backend: &dyn Backend) {
         .await
         .expect("replace");
     assert_eq!(backend.size(&key).await.expect("size"), Some(6));
+    let written = backend.modified(&key).await.expect("modified");
+    assert!(written.is_some_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 60)));
+    assert!(
+        backend
+            .modified(&Key::new("none"))
+            .await
+            .expect("modified")
+            .is_none()
+    );
     assert_eq!(
         &backend.get(&key).await.expect("get").expect("object")[..],
         b"second"

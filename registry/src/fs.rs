@@ -116,6 +116,15 @@ impl Backend for FsBackend {
         }
     }
 
+    async fn modified(&self, key: &Key) -> io::Result<Option<std::time::SystemTime>> {
+        match fs::metadata(self.path(key)).await {
+            Ok(meta) if meta.is_file() => meta.modified().map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn get(&self, key: &Key) -> io::Result<Option<Bytes>> {
         match fs::read(self.path(key)).await {
             Ok(bytes) => Ok(Some(bytes.into())),

@@ -11,7 +11,9 @@
 //! - [`names`]: repository names, tags, digests and upload ids, validated (pure).
 //! - [`manifest`]: accepted media types and what a manifest references (pure).
 //! - [`storage`]: what is stored and what is visible: digest checks, upload sessions and their
-//!   expiry, per-repository blobs, manifests, tags, referrers; over any [`backend`].
+//!   expiry, per-repository blobs, manifests, tags, referrers; over any [`backend`]. Its `gc`
+//!   submodule is garbage collection ([`Registry::gc`]): what no kept, tagged or referenced
+//!   manifest needs goes, never anything younger than the grace period.
 //! - [`backend`]: the object-store trait storage is kept in (the seam for an S3 backend).
 //! - [`fs`]: the filesystem backend; with `backend`, the only code that does IO.
 //! - [`metrics`]: request and byte counters and their Prometheus text.
@@ -38,7 +40,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_core::ports::Identity;
+use async_trait::async_trait;
+use slipway_core::ports::{GcReport, Identity, KeptImage, PortError, RegistryGc};
 
 pub use api::RequestError;
 pub use error::RegistryError;
@@ -50,6 +53,10 @@ pub use storage::StorageError;
 /// How long an upload session may go untouched before [`Registry::serve`] removes it, unless
 /// [`Registry::with_upload_expiry`] says otherwise.
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(60 * 60);
+
+/// How old a manifest, blob link or content must be before garbage collection may remove it,
+/// unless [`Registry::with_gc_grace`] says otherwise: long enough for any push to finish.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// How to run the registry.
 #[derive(Debug, Clone)]
@@ -78,6 +85,7 @@ impl RegistryConfig {
 pub struct Registry {
     shared: Arc<api::Shared>,
     upload_expiry: Duration,
+    gc_grace: Duration,
 }
 
 impl Registry {
@@ -96,6 +104,7 @@ impl Registry {
                 counters: Arc::default(),
             }),
             upload_expiry: DEFAULT_UPLOAD_EXPIRY,
+            gc_grace: DEFAULT_GC_GRACE,
         })
     }
 
@@ -104,6 +113,47 @@ impl Registry {
     pub fn with_upload_expiry(mut self, expiry: Duration) -> Registry {
         self.upload_expiry = expiry;
         self
+    }
+
+    /// Sets how old something must be before garbage collection may remove it;
+    /// [`DEFAULT_GC_GRACE`] otherwise. Zero spares nothing, not even a push in progress.
+    pub fn with_gc_grace(mut self, grace: Duration) -> Registry {
+        self.gc_grace = grace;
+        self
+    }
+
+    /// Collects garbage while the registry serves: removes every manifest that is not in
+    /// `keep` (`(repository, digest)` pairs; names that are not valid are ignored), not tagged,
+    /// not listed by a surviving index and not a referrer of a surviving manifest; then the blob
+    /// links no surviving manifest references and the content no link references. Nothing
+    /// younger than the grace period goes. A `dry_run` deletes nothing and reports the same.
+    pub async fn gc(
+        &self,
+        keep: &[(String, String)],
+        dry_run: bool,
+    ) -> Result<GcReport, RegistryError> {
+        let keep: Vec<_> = keep
+            .iter()
+            .filter_map(|(repo, digest)| {
+                Some((
+                    names::RepoName::parse(repo).ok()?,
+                    names::Digest::parse(digest).ok()?,
+                ))
+            })
+            .collect();
+        let report = self
+            .shared
+            .storage
+            .gc(&keep, self.gc_grace, dry_run)
+            .await?;
+        tracing::info!(
+            dry_run,
+            manifests = report.manifests.len(),
+            blobs = report.blobs.len(),
+            bytes = report.bytes_freed,
+            "registry garbage collection"
+        );
+        Ok(report)
     }
 
     /// The registry's counters since it was created: requests, bytes in and out, and the bytes
@@ -158,5 +208,18 @@ impl Registry {
                 tracing::info!(expired, "registry expired abandoned uploads");
             }
         }
+    }
+}
+
+#[async_trait]
+impl RegistryGc for Registry {
+    async fn collect(&self, keep: &[KeptImage], dry_run: bool) -> Result<GcReport, PortError> {
+        let keep: Vec<(String, String)> = keep
+            .iter()
+            .map(|k| (k.repository.clone(), k.digest.clone()))
+            .collect();
+        self.gc(&keep, dry_run)
+            .await
+            .map_err(|e| PortError(format!("registry garbage collection: {e}")))
     }
 }

@@ -40,6 +40,8 @@ use crate::fs::{self, FsBackend};
 use crate::manifest::{self, Inspected};
 use crate::names::{Algorithm, Digest, Reference, RepoName, Tag, UploadId};
 
+mod gc;
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -190,6 +192,9 @@ pub(crate) struct Storage {
     sessions: Arc<Mutex<HashMap<UploadId, Arc<Session>>>>,
     /// The bytes of all content, counted at open and on every commit that created content.
     stored: Arc<AtomicU64>,
+    /// Held shared by every write that makes content or a link visible (from its checks to its
+    /// last write), and exclusively by garbage collection, so a collection never sees half a push.
+    gc_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Storage {
@@ -214,6 +219,7 @@ impl Storage {
             backend,
             sessions: Arc::default(),
             stored: Arc::new(AtomicU64::new(stored)),
+            gc_lock: Arc::default(),
         }
     }
 
@@ -334,6 +340,7 @@ impl Storage {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
+        let _visible = self.gc_lock.read().await;
         if self.blob_size(from, digest).await?.is_none() {
             return Ok(false);
         }
@@ -446,6 +453,7 @@ impl Storage {
                 actual: actual.map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
             });
         }
+        let _visible = self.gc_lock.read().await;
         let key = Storage::content_key(expected);
         let committed = self
             .backend
@@ -682,6 +690,7 @@ impl Storage {
         inspected: Inspected,
         bytes: Bytes,
     ) -> Result<(), StorageError> {
+        let visible = self.gc_lock.clone().read_owned().await;
         for blob in &inspected.blobs {
             if self.blob_size(repo, blob).await?.is_none() {
                 return Err(StorageError::ManifestBlobUnknown(blob.to_string()));
@@ -699,6 +708,7 @@ impl Storage {
         let this = self.clone();
         let (repo, tag, digest) = (repo.clone(), tag.cloned(), digest.clone());
         detach(async move {
+            let _visible = visible;
             let size = bytes.len();
             this.put_content(&digest, bytes).await?;
             if let Some(subject) = &inspected.subject {
