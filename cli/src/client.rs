@@ -801,6 +801,30 @@ pub(crate) async fn events(api: &Api, app: Option<&str>) -> Result<()> {
     })
 }
 
+/// Garbage-collects the registry, or with `dry_run` lists what that would remove.
+pub(crate) async fn registry_gc(api: &Api, dry_run: bool) -> Result<()> {
+    let report = api
+        .post("/v1/registry/gc", json!({ "dry_run": dry_run }))
+        .await?;
+    api.show(&report, |report| {
+        let manifests = report["manifests"].as_array().map_or(0, Vec::len);
+        let blobs = report["blobs"].as_array().map_or(0, Vec::len);
+        if manifests > 0 {
+            table(
+                &["REPOSITORY", "MANIFEST", "BYTES"],
+                &report["manifests"],
+                |m| vec![s(&m["repository"]), s(&m["digest"]), s(&m["bytes"])],
+            );
+            println!();
+        }
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {manifests} manifests and {blobs} blobs, {} bytes",
+            s(&report["bytes_freed"])
+        );
+    })
+}
+
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC.
 fn utc(secs: i64) -> String {
     // Howard Hinnant's days-to-civil algorithm.

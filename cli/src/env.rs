@@ -15,6 +15,12 @@ pub(crate) const DATA: &str = "SLIPWAY_DATA";
 pub(crate) const DOMAIN: &str = "SLIPWAY_DOMAIN";
 /// The database URL; SQLite under the data directory when unset.
 pub(crate) const DATABASE_URL: &str = "SLIPWAY_DATABASE_URL";
+/// How many releases before the newest one of each app keep their images through registry
+/// garbage collection (count, default 10).
+pub(crate) const RETAIN_RELEASES: &str = "SLIPWAY_RETAIN_RELEASES";
+/// How old (seconds) a manifest, blob link or blob must be before registry garbage collection
+/// may remove it (default 3600), so pushes in progress are spared.
+pub(crate) const REGISTRY_GC_GRACE_SECS: &str = "SLIPWAY_REGISTRY_GC_GRACE_SECS";
 /// The API URL the client commands talk to (default `http://127.0.0.1:7700`).
 pub(crate) const URL: &str = "SLIPWAY_URL";
 /// The API token the client commands send.

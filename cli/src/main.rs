@@ -57,6 +57,12 @@ enum Command {
         /// Database URL (SQLite under DATA by default).
         #[arg(long, env = env::DATABASE_URL)]
         database_url: Option<String>,
+        /// Releases before the newest one of each app whose images registry:gc keeps.
+        #[arg(long, env = env::RETAIN_RELEASES, default_value_t = slipway_controller::DEFAULT_RETAIN_RELEASES)]
+        retain_releases: usize,
+        /// Seconds a registry object must have existed before registry:gc may remove it.
+        #[arg(long, env = env::REGISTRY_GC_GRACE_SECS, default_value_t = slipway_registry::DEFAULT_GC_GRACE.as_secs())]
+        registry_gc_grace_secs: u64,
     },
     /// List your SSH keys.
     Keys,
@@ -275,6 +281,13 @@ enum Command {
         #[arg(short, long)]
         app: Option<String>,
     },
+    /// Remove registry images no retained release, tag or kept image needs (admin only).
+    #[command(name = "registry:gc")]
+    RegistryGc {
+        /// List what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Internal: git hooks run by the SSH git server.
     #[command(hide = true)]
     Hook { name: String },
@@ -316,6 +329,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registry_addr,
             http_addr,
             database_url,
+            retain_releases,
+            registry_gc_grace_secs,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -331,6 +346,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 registry_addr: *registry_addr,
                 http_addr: *http_addr,
                 database_url: database_url.clone(),
+                retain_releases: *retain_releases,
+                registry_gc_grace: std::time::Duration::from_secs(*registry_gc_grace_secs),
             })
             .await
         }
@@ -448,6 +465,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = app.clone().or_else(client::remote_app);
             client::events(&api()?, app.as_deref()).await
         }
+        Command::RegistryGc { dry_run } => client::registry_gc(&api()?, *dry_run).await,
         Command::Hook { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct ServerArgs {
     pub(crate) registry_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
     pub(crate) database_url: Option<String>,
+    pub(crate) retain_releases: usize,
+    pub(crate) registry_gc_grace: std::time::Duration,
 }
 
 /// The id that labels this server's containers, made on first start.
@@ -96,6 +98,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             instance_id: instance.clone(),
             registry_addr: registry_addr.clone(),
             database_url: args.database_url.clone(),
+            retain_releases: args.retain_releases,
         },
         engine.clone(),
         routes.clone(),
@@ -112,7 +115,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             root: data.join("registry"),
         },
         controller.clone(),
-    )?;
+    )?
+    .with_gc_grace(args.registry_gc_grace);
+    controller.attach_registry_gc(Arc::new(registry.clone()));
     let registry_task =
         tokio::spawn(registry.serve(registry_listener, stopped(shutdown_rx.clone())));
 

@@ -54,6 +54,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(get_maintenance).put(set_maintenance),
         )
         .route("/v1/events", get(list_events))
+        .route("/v1/registry/gc", post(registry_gc))
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
         .route("/v1/openapi.json", get(openapi))
@@ -1277,6 +1278,28 @@ async fn list_events(
             })
             .collect(),
     ))
+}
+
+#[derive(Deserialize, Default)]
+struct RegistryGcRequest {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Admin only: garbage collection of the registry, keeping the images of retained releases.
+/// Answers what went (or, on a dry run, would go).
+async fn registry_gc(
+    State(ctl): Ctl,
+    caller: Caller,
+    body: Option<Json<RegistryGcRequest>>,
+) -> Result<Json<slipway_core::ports::GcReport>> {
+    if caller.0.as_str() != "admin" {
+        return Err(ControllerError::Forbidden(
+            "only admin can collect the registry's garbage".into(),
+        ));
+    }
+    let dry_run = body.is_some_and(|Json(b)| b.dry_run);
+    Ok(Json(ctl.collect_registry(&caller.0, dry_run).await?))
 }
 
 /// This API's OpenAPI 3.1 document, kept beside the crate and checked against [`router`] by a

@@ -12,12 +12,14 @@ pub mod logs;
 pub mod reconciler;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use slipway_core::ports::{AppAccess, BuiltImage, Identity, KeyOwner, PortError, Releases};
+use slipway_core::ports::{
+    AppAccess, BuiltImage, GcReport, Identity, KeptImage, KeyOwner, PortError, RegistryGc, Releases,
+};
 use slipway_core::routes::Routes;
 use slipway_core::{AppName, Fingerprint, Release, UserName};
 use slipway_runtime::{Engine, RegistryAuth};
@@ -41,7 +43,14 @@ pub struct ControllerConfig {
     pub registry_addr: String,
     /// `postgres://...` or `sqlite://...`; `None` is SQLite at `DATA/slipway.db`.
     pub database_url: Option<String>,
+    /// How many releases before the newest one of each app keep their images through registry
+    /// garbage collection (count; `slipway server` defaults to [`DEFAULT_RETAIN_RELEASES`]).
+    /// The release running is always kept.
+    pub retain_releases: usize,
 }
+
+/// How many releases before the newest one keep their images unless configured otherwise.
+pub const DEFAULT_RETAIN_RELEASES: usize = 10;
 
 /// The controller. Cheap to share behind an `Arc`.
 pub struct Controller {
@@ -54,6 +63,8 @@ pub struct Controller {
     /// A token that lives only in this process's memory: the controller's own credential for
     /// pulling release images from the registry. It acts as `admin`.
     system_token: String,
+    /// Garbage collection of Slipway's own registry, attached once the registry runs.
+    registry_gc: OnceLock<Arc<dyn RegistryGc>>,
 }
 
 /// What the first start created.
@@ -62,6 +73,17 @@ pub struct FirstStart {
     pub admin_token: String,
     /// Where it was written.
     pub token_path: PathBuf,
+}
+
+/// The manifest a release image names in the registry at `registry_addr`
+/// (`<registry_addr>/<repository>@<digest>`), or `None` for an image elsewhere or by tag.
+pub(crate) fn kept_image(registry_addr: &str, image: &str) -> Option<KeptImage> {
+    let rest = image.strip_prefix(registry_addr)?.strip_prefix('/')?;
+    let (repository, digest) = rest.split_once('@')?;
+    (!repository.is_empty() && digest.contains(':')).then(|| KeptImage {
+        repository: repository.to_owned(),
+        digest: digest.to_owned(),
+    })
 }
 
 /// Returns a new random API token: 32 bytes as hex.
@@ -123,6 +145,7 @@ impl Controller {
             logs,
             crashes,
             system_token,
+            registry_gc: OnceLock::new(),
         });
         Ok((controller, first))
     }
@@ -131,6 +154,65 @@ impl Controller {
     /// builder's pushes and the engine's pulls.
     pub fn system_credentials(&self) -> (String, String) {
         ("admin".to_owned(), self.system_token.clone())
+    }
+
+    /// Attaches the registry's garbage collection, which `POST /v1/registry/gc` runs. The
+    /// registry starts after the controller (it asks the controller who may push), so this
+    /// comes later than [`Controller::start`]; a second call changes nothing.
+    pub fn attach_registry_gc(&self, gc: Arc<dyn RegistryGc>) {
+        let _ = self.registry_gc.set(gc);
+    }
+
+    /// The images in Slipway's registry that releases still need: for every app the release
+    /// running, the newest release and the `retain_releases` before it. Destroyed apps have
+    /// none; images from other registries are not ours to keep.
+    pub(crate) async fn retained_images(&self) -> Result<Vec<KeptImage>, ControllerError> {
+        let mut keep = Vec::new();
+        for app in self.db.apps().await? {
+            let releases = self.db.releases(&app.name).await?;
+            let running = self.db.target_release(&app.name).await?;
+            let images = releases
+                .iter()
+                .take(self.config.retain_releases.saturating_add(1))
+                .map(|(r, _)| r)
+                .chain(running.as_ref().map(|(r, _)| r))
+                .filter_map(|r| r.image.as_deref());
+            for image in images {
+                if let Some(kept) = kept_image(&self.config.registry_addr, image)
+                    && !keep.contains(&kept)
+                {
+                    keep.push(kept);
+                }
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Collects the registry's garbage, keeping [`Controller::retained_images`], and records
+    /// what went in the audit log.
+    pub(crate) async fn collect_registry(
+        &self,
+        actor: &UserName,
+        dry_run: bool,
+    ) -> Result<GcReport, ControllerError> {
+        let gc = self.registry_gc.get().ok_or_else(|| {
+            ControllerError::Io("registry garbage collection is not available here".to_owned())
+        })?;
+        let keep = self.retained_images().await?;
+        let report = gc.collect(&keep, dry_run).await.map_err(|e| {
+            tracing::warn!("registry gc: {e}");
+            ControllerError::Io(e.0)
+        })?;
+        let verb = if dry_run { "would free" } else { "freed" };
+        let detail = format!(
+            "registry gc {verb} {} bytes: {} manifests, {} blobs",
+            report.bytes_freed,
+            report.manifests.len(),
+            report.blobs.len()
+        );
+        self.record(None, "registry-gc", actor.as_str(), &detail)
+            .await;
+        Ok(report)
     }
 
     /// The domain apps are served under.
@@ -241,7 +323,8 @@ impl Controller {
             tracing::warn!("events: recording {kind}: {e}");
         }
         if let Some(app) = app {
-            self.logs.append(app, "api", None, &format!("{detail} (by {actor})"));
+            self.logs
+                .append(app, "api", None, &format!("{detail} (by {actor})"));
         }
     }
 
@@ -370,5 +453,29 @@ impl Releases for Controller {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_images_in_our_registry_are_kept() {
+        let check = |image: &str, expected: Option<(&str, &str)>| {
+            let kept = kept_image("127.0.0.1:5000", image);
+            let got = kept
+                .as_ref()
+                .map(|k| (k.repository.as_str(), k.digest.as_str()));
+            assert_eq!(got, expected, "{image}");
+        };
+        check(
+            "127.0.0.1:5000/apps/web@sha256:abc",
+            Some(("apps/web", "sha256:abc")),
+        );
+        check("127.0.0.1:5000/apps/web:latest", None);
+        check("127.0.0.1:50001/apps/web@sha256:abc", None);
+        check("registry.example.com/team/app@sha256:abc", None);
+        check("127.0.0.1:5000/@sha256:abc", None);
     }
 }
