@@ -87,6 +87,8 @@ pub struct BuilderConfig {
     pub build_memory_bytes: i64,
     /// CPU limit of a build container, in billionths of a CPU.
     pub build_nano_cpus: i64,
+    /// Per-address limits of the SSH server: attempts, connections, grace and idle periods.
+    pub ssh_limits: ssh::SshLimits,
 }
 
 impl BuilderConfig {
@@ -106,6 +108,7 @@ impl BuilderConfig {
             build_timeout: Duration::from_secs(15 * 60),
             build_memory_bytes: 2 << 30,
             build_nano_cpus: 1_500_000_000,
+            ssh_limits: ssh::SshLimits::default(),
         }
     }
 }

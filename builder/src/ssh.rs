@@ -1,28 +1,218 @@
 //! The SSH git server (russh). Public-key authentication only: the user is the owner of the
 //! key whose possession the client proved (`auth_publickey`), never a key merely offered. The
 //! only commands are `git-receive-pack '<app>.git'` and `git-upload-pack '<app>.git'`; shells,
-//! ptys, subsystems and forwarding are refused.
+//! ptys, X11, agent and port forwarding, and subsystems are refused.
+//!
+//! The server faces the internet, so every client address is bounded ([`SshLimits`]): a few
+//! authentication attempts per connection, a few connections at once, a login grace period, an
+//! idle timeout, and a ban for an address that keeps failing to authenticate. The accept loop
+//! is ours (not `run_on_socket`) so that a refused connection costs no handshake.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, Pty};
 use slipway_core::ports::AppAccess;
-use slipway_core::{AppName, UserName};
+use slipway_core::{AppName, Fingerprint, UserName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{BuilderError, Shared, hook, pipeline};
+
+/// Limits that keep one client address from wearing the SSH server down. Loopback is not
+/// exempt. The defaults suit a team pushing from behind one NAT address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLimits {
+    /// Rejected authentication requests one connection may make before it is cut off, counting
+    /// OpenSSH's initial `none` probe as OpenSSH's own `MaxAuthTries` does. Default 6.
+    pub max_auth_attempts: usize,
+    /// Connections one address (an IPv6 /64) may hold open at once; more are closed as soon as
+    /// they are accepted. Default 10.
+    pub max_connections_per_address: usize,
+    /// Failed authentications from one address within [`failure_window`](Self::failure_window)
+    /// that get it banned. Default 20.
+    pub max_failures_per_address: usize,
+    /// The window over which failures are counted. Default 60 s.
+    pub failure_window: Duration,
+    /// How long a banned address's new connections are refused. Default 60 s.
+    pub ban: Duration,
+    /// A connection that has not authenticated this long after it was accepted is closed.
+    /// Default 30 s.
+    pub login_grace: Duration,
+    /// A connection on which nothing is sent or received for this long is closed. A build
+    /// streams its output, which keeps a push alive. Default 10 min.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SshLimits {
+    fn default() -> Self {
+        SshLimits {
+            max_auth_attempts: 6,
+            max_connections_per_address: 10,
+            max_failures_per_address: 20,
+            failure_window: Duration::from_secs(60),
+            ban: Duration::from_secs(60),
+            login_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The address limits are kept per: an IPv4 address, or the /64 of an IPv6 one (a single
+/// client usually holds a whole /64, so per-address limits there would be no limit at all).
+fn client_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+    }
+}
+
+/// Why a new connection was turned away before the SSH handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The address already holds `max_connections_per_address` connections.
+    TooManyConnections,
+    /// The address failed to authenticate too often lately.
+    Banned,
+}
+
+impl Refusal {
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::TooManyConnections => {
+                "slipway: too many connections from your address; try again when some finish\r\n"
+            }
+            Refusal::Banned => {
+                "slipway: too many failed logins from your address; try again in a minute\r\n"
+            }
+        }
+    }
+}
+
+/// What the gate knows about one client address.
+#[derive(Debug, Default)]
+struct AddressState {
+    open: usize,
+    failures: VecDeque<Instant>,
+    banned_until: Option<Instant>,
+}
+
+impl AddressState {
+    fn forget_before(&mut self, now: Instant, window: Duration) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            self.failures.pop_front();
+        }
+        if self.banned_until.is_some_and(|until| now >= until) {
+            self.banned_until = None;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open == 0 && self.failures.is_empty() && self.banned_until.is_none()
+    }
+}
+
+/// Per-address admission: connections held and recent failures. Times are passed in, so the
+/// rules are tested without a clock.
+#[derive(Debug)]
+struct Gate {
+    limits: SshLimits,
+    addresses: Mutex<HashMap<IpAddr, AddressState>>,
+}
+
+/// Sweep addresses that hold nothing once the table grows past this many.
+const GATE_SWEEP_AT: usize = 1024;
+
+impl Gate {
+    fn new(limits: SshLimits) -> Arc<Gate> {
+        Arc::new(Gate {
+            limits,
+            addresses: Mutex::default(),
+        })
+    }
+
+    fn addresses(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, AddressState>> {
+        self.addresses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new connection from `ip`, or says why not. The permit frees its slot on drop.
+    fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Permit, Refusal> {
+        let key = client_address(ip);
+        let mut addresses = self.addresses();
+        if addresses.len() >= GATE_SWEEP_AT {
+            addresses.retain(|_, state| {
+                state.forget_before(now, self.limits.failure_window);
+                !state.is_idle()
+            });
+        }
+        let state = addresses.entry(key).or_default();
+        state.forget_before(now, self.limits.failure_window);
+        if state.banned_until.is_some() {
+            return Err(Refusal::Banned);
+        }
+        if state.open >= self.limits.max_connections_per_address {
+            return Err(Refusal::TooManyConnections);
+        }
+        state.open += 1;
+        Ok(Permit {
+            gate: self.clone(),
+            key,
+        })
+    }
+
+    /// Records a failed authentication from `ip`; true when it gets the address banned.
+    fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut addresses = self.addresses();
+        let state = addresses.entry(client_address(ip)).or_default();
+        state.forget_before(now, self.limits.failure_window);
+        state.failures.push_back(now);
+        if state.banned_until.is_none()
+            && state.failures.len() >= self.limits.max_failures_per_address
+        {
+            state.banned_until = Some(now + self.limits.ban);
+            state.failures.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// One admitted connection's slot in the [`Gate`].
+#[derive(Debug)]
+struct Permit {
+    gate: Arc<Gate>,
+    key: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut addresses = self.gate.addresses();
+        if let Some(state) = addresses.get_mut(&self.key) {
+            state.open = state.open.saturating_sub(1);
+            if state.is_idle() {
+                addresses.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// A git service the client may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,20 +264,26 @@ pub fn parse_command(command: &str) -> Result<(GitService, AppName), CommandErro
     Ok((service, name.parse()?))
 }
 
-/// Loads the host key from `DATA/ssh_host_ed25519_key`, creating it on first start.
+/// Loads the host key from `DATA/ssh_host_ed25519_key`, creating it on first start, and logs
+/// its fingerprint on every start so users can check what `ssh` shows them.
 fn host_key(data_dir: &Path) -> Result<PrivateKey, BuilderError> {
     let path = data_dir.join("ssh_host_ed25519_key");
-    if path.exists() {
-        return PrivateKey::read_openssh_file(&path)
-            .map_err(|e| BuilderError::HostKey(format!("reading {}: {e}", path.display())));
-    }
-    let seed: [u8; 32] = rand::random();
-    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    key.write_openssh_file(&path, LineEnding::LF)
-        .map_err(|e| BuilderError::HostKey(format!("writing {}: {e}", path.display())))?;
+    let key = if path.exists() {
+        PrivateKey::read_openssh_file(&path)
+            .map_err(|e| BuilderError::HostKey(format!("reading {}: {e}", path.display())))?
+    } else {
+        let seed: [u8; 32] = rand::random();
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        // Written beside and renamed, so a crash never leaves half a key to fail the next start.
+        let partial = path.with_extension("partial");
+        key.write_openssh_file(&partial, LineEnding::LF)
+            .and_then(|()| std::fs::rename(&partial, &path).map_err(Into::into))
+            .map_err(|e| BuilderError::HostKey(format!("writing {}: {e}", path.display())))?;
+        info!("ssh: created host key {}", path.display());
+        key
+    };
     info!(
-        "ssh: created host key {} ({})",
-        path.display(),
+        "ssh host key {}",
         key.public_key().fingerprint(HashAlg::Sha256)
     );
     Ok(key)
@@ -96,6 +292,7 @@ fn host_key(data_dir: &Path) -> Result<PrivateKey, BuilderError> {
 /// Binds the SSH address and serves in the background; returns the bound address.
 pub(crate) async fn serve(shared: Arc<Shared>) -> Result<SocketAddr, BuilderError> {
     let key = host_key(&shared.config.data_dir)?;
+    let limits = shared.config.ssh_limits.clone();
     let config = Arc::new(russh::server::Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![key],
@@ -103,8 +300,8 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<SocketAddr, BuilderErro
         // does not pay the rejection delay, but keep a constant delay for real rejections.
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        max_auth_attempts: 6,
-        inactivity_timeout: Some(Duration::from_secs(30 * 60)),
+        max_auth_attempts: limits.max_auth_attempts,
+        inactivity_timeout: Some(limits.idle_timeout),
         nodelay: true,
         ..Default::default()
     });
@@ -114,40 +311,142 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<SocketAddr, BuilderErro
     let addr = listener
         .local_addr()
         .map_err(|e| BuilderError::Io(e.to_string()))?;
-    let mut server = Server { shared };
-    tokio::spawn(async move {
-        use russh::server::Server as _;
-        if let Err(e) = server.run_on_socket(config, &listener).await {
-            warn!("ssh: server stopped: {e}");
-        }
-    });
+    let gate = Gate::new(limits);
+    tokio::spawn(accept_loop(listener, config, shared, gate));
     Ok(addr)
 }
 
-struct Server {
+/// Accepts connections for as long as the process runs. A connection the gate refuses gets one
+/// line and is closed before any SSH is spoken; the others run in tasks of their own.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
-}
-
-impl russh::server::Server for Server {
-    type Handler = Connection;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection {
-            shared: self.shared.clone(),
+    gate: Arc<Gate>,
+) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait for connections to finish, do not spin.
+                warn!("ssh: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = match gate.admit(peer.ip(), Instant::now()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                debug!(%peer, "ssh: refused a connection: {refusal:?}");
+                // A fresh socket's send buffer takes one short line without blocking.
+                let _ = socket.try_write(refusal.message().as_bytes());
+                continue;
+            }
+        };
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let connection = Connection {
+            shared: shared.clone(),
+            gate: gate.clone(),
             peer,
+            authenticated: authenticated.clone(),
             user: None,
+            key: None,
             deploy_key_app: None,
             stdin: HashMap::new(),
             git_protocol: HashMap::new(),
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            serve_connection(config, socket, connection, authenticated).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Runs one connection; closes it if it has not authenticated within the login grace period.
+async fn serve_connection(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    connection: Connection,
+    authenticated: Arc<AtomicBool>,
+) {
+    let peer = connection.peer;
+    let grace = connection.shared.config.ssh_limits.login_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    // A second descriptor of the same socket: shutting it down ends the session even while
+    // russh waits in a key exchange, where it does not act on `Handle::disconnect`.
+    let (socket, killer) = match socket.into_std().and_then(|s| {
+        let killer = s.try_clone()?;
+        Ok((tokio::net::TcpStream::from_std(s)?, killer))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(%peer, "ssh: setting up a connection: {e}");
+            return;
         }
+    };
+    let _ = socket.set_nodelay(true);
+    let session = tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(config, socket, connection),
+    )
+    .await;
+    let session = match session {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            debug!(%peer, "ssh: connection setup failed: {e}");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "ssh: closed a connection that sent no SSH version within {grace:?}");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => {
+            if let Err(e) = result {
+                debug!(%peer, "ssh: connection ended: {e}");
+            }
+            return;
+        }
+        () = tokio::time::sleep_until(deadline) => {}
+    }
+    if !authenticated.load(Ordering::Acquire) {
+        info!(%peer, "ssh: closed a connection that did not authenticate within {grace:?}");
+        let polite = async {
+            let _ = handle
+                .disconnect(
+                    Disconnect::ByApplication,
+                    "authentication timed out".into(),
+                    String::new(),
+                )
+                .await;
+            (&mut session).await
+        };
+        match tokio::time::timeout(Duration::from_secs(1), polite).await {
+            Ok(_) => return,
+            Err(_) => {
+                let _ = killer.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+    if let Err(e) = session.await {
+        debug!(%peer, "ssh: connection ended: {e}");
     }
 }
 
 /// One SSH connection.
 struct Connection {
     shared: Arc<Shared>,
-    peer: Option<SocketAddr>,
+    gate: Arc<Gate>,
+    peer: SocketAddr,
+    /// Set once authentication succeeds; the login grace period ends for this connection.
+    authenticated: Arc<AtomicBool>,
     user: Option<UserName>,
+    /// The fingerprint of the key the user authenticated with, for the audit trail.
+    key: Option<Fingerprint>,
     /// When the client authenticated with a deploy key: the one app it may touch.
     deploy_key_app: Option<AppName>,
     /// Where the client's data for each running command goes.
@@ -163,6 +462,33 @@ enum ConnError {
     Ssh(#[from] russh::Error),
 }
 
+impl Connection {
+    /// Rejects an authentication attempt and counts it against the client's address.
+    fn failed(&self, what: &str) -> Auth {
+        info!(peer = %self.peer, "ssh: authentication failed with {what}");
+        if self.gate.failed(self.peer.ip(), Instant::now()) {
+            let limits = &self.gate.limits;
+            warn!(
+                peer = %self.peer,
+                "ssh: {} failed authentications within {:?}; refusing new connections from this address for {:?}",
+                limits.max_failures_per_address,
+                limits.failure_window,
+                limits.ban
+            );
+        }
+        Auth::reject()
+    }
+
+    /// Refuses a channel other than a session, saying at debug level what it was for.
+    async fn refuse_channel(&self, reply: ChannelOpenHandle, what: &str) -> Result<(), ConnError> {
+        debug!(peer = %self.peer, "ssh: refused {what}");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+}
+
 impl russh::server::Handler for Connection {
     type Error = ConnError;
 
@@ -172,25 +498,42 @@ impl russh::server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, ConnError> {
         let fp = key.public_key.fingerprint(HashAlg::Sha256).to_string();
-        let Ok(fp) = fp.parse() else {
-            return Ok(Auth::reject());
+        let Ok(fp) = fp.parse::<Fingerprint>() else {
+            return Ok(self.failed("a key without a SHA256 fingerprint"));
         };
         match self.shared.identity.key_owner(&fp).await {
             Ok(Some(owner)) => {
-                debug!(peer = ?self.peer, user = %owner.user, "ssh: authenticated with {fp}");
+                debug!(peer = %self.peer, user = %owner.user, "ssh: authenticated with {fp}");
                 self.user = Some(owner.user);
                 self.deploy_key_app = owner.app;
+                self.key = Some(fp);
                 Ok(Auth::Accept)
             }
-            Ok(None) => {
-                info!(peer = ?self.peer, "ssh: unknown key {fp}");
-                Ok(Auth::reject())
-            }
+            Ok(None) => Ok(self.failed(&format!("unknown key {fp}"))),
             Err(e) => {
                 warn!("ssh: looking up {fp}: {e}");
                 Ok(Auth::reject())
             }
         }
+    }
+
+    async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, ConnError> {
+        // Not offered, but russh asks anyway when a client tries it.
+        Ok(self.failed("a password"))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, ConnError> {
+        Ok(self.failed("keyboard-interactive"))
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), ConnError> {
+        self.authenticated.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -202,6 +545,118 @@ impl russh::server::Handler for Connection {
         // The channel object is dropped: its messages reach this handler's callbacks instead,
         // and russh ignores a dropped receiver rather than stalling on it.
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.refuse_channel(reply, "an X11 channel").await
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.refuse_channel(
+            reply,
+            &format!("forwarding to {host_to_connect}:{port_to_connect}"),
+        )
+        .await
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.refuse_channel(reply, "a forwarded-tcpip channel")
+            .await
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.refuse_channel(reply, &format!("forwarding to socket {socket_path:?}"))
+            .await
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, ConnError> {
+        debug!(peer = %self.peer, "ssh: refused remote forwarding from {address}:{port}");
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, ConnError> {
+        debug!(peer = %self.peer, "ssh: refused remote forwarding from socket {socket_path:?}");
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, ConnError> {
+        // Answered with a failure by russh when this returns false.
+        debug!(peer = %self.peer, ?channel, "ssh: refused agent forwarding");
+        Ok(false)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        debug!(peer = %self.peer, ?channel, "ssh: refused a pty");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        debug!(peer = %self.peer, ?channel, "ssh: refused X11 forwarding");
+        session.channel_failure(channel)?;
         Ok(())
     }
 
@@ -217,6 +672,7 @@ impl russh::server::Handler for Connection {
             self.git_protocol.insert(channel, value.to_owned());
             session.channel_success(channel)?;
         } else {
+            debug!(peer = %self.peer, ?channel, "ssh: ignored environment variable {name:?}");
             session.channel_failure(channel)?;
         }
         Ok(())
@@ -290,7 +746,18 @@ impl russh::server::Handler for Connection {
         let protocol = self.git_protocol.remove(&channel);
         let shared = self.shared.clone();
         let handle = session.handle();
-        info!(peer = ?self.peer, %user, %app, "receive: git {}", service.program());
+        let key = self
+            .key
+            .as_ref()
+            .map_or_else(|| "an unknown key".to_owned(), ToString::to_string);
+        info!(peer = %self.peer, %user, %app, %key, "receive: git {}", service.program());
+        if service == GitService::ReceivePack {
+            // The app's log is the one audit trail the builder can write; the release event
+            // names the user only.
+            self.shared
+                .releases
+                .log_build(&app, &format!("receive: git push by {user} with key {key}"));
+        }
         tokio::spawn(async move {
             let code = match run_git(
                 &shared, service, &app, &user, protocol, rx, &handle, channel,
@@ -503,6 +970,79 @@ mod tests {
             .map(|(s, a)| (s, a.to_string()))
             .map_err(|_| ());
         assert_eq!(got, expected.map(|(s, a)| (s, a.to_owned())), "{input:?}");
+    }
+
+    fn gate(connections: usize, failures: usize) -> Arc<Gate> {
+        Gate::new(SshLimits {
+            max_connections_per_address: connections,
+            max_failures_per_address: failures,
+            ..SshLimits::default()
+        })
+    }
+
+    #[test]
+    fn connections_per_address_are_bounded_and_released() {
+        let gate = gate(2, 20);
+        let now = Instant::now();
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "203.0.113.8".parse().unwrap();
+        let first = gate.admit(a, now).unwrap();
+        let _second = gate.admit(a, now).unwrap();
+        assert_eq!(gate.admit(a, now).unwrap_err(), Refusal::TooManyConnections);
+        // Another address is not affected, and a finished connection frees its slot.
+        let _other = gate.admit(b, now).unwrap();
+        drop(first);
+        let _third = gate.admit(a, now).unwrap();
+        assert_eq!(gate.admit(a, now).unwrap_err(), Refusal::TooManyConnections);
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten() {
+        let gate = gate(2, 20);
+        let permit = gate.admit("198.51.100.1".parse().unwrap(), Instant::now());
+        drop(permit);
+        assert!(gate.addresses().is_empty());
+    }
+
+    #[test]
+    fn repeated_failures_ban_an_address_for_a_while() {
+        let gate = gate(10, 3);
+        let limits = SshLimits::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(!gate.failed(ip, t0));
+        assert!(!gate.failed(ip, t0 + Duration::from_secs(1)));
+        // Failures older than the window no longer count.
+        let later = t0 + limits.failure_window + Duration::from_secs(1);
+        assert!(!gate.failed(ip, later));
+        assert!(!gate.failed(ip, later));
+        assert!(gate.admit(ip, later).is_ok());
+        assert!(gate.failed(ip, later), "the third failure in a window bans");
+        assert_eq!(gate.admit(ip, later).unwrap_err(), Refusal::Banned);
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(gate.admit(other, later).is_ok());
+        let almost = later + limits.ban - Duration::from_millis(1);
+        assert_eq!(gate.admit(ip, almost).unwrap_err(), Refusal::Banned);
+        assert!(gate.admit(ip, later + limits.ban).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let gate = gate(1, 20);
+        let now = Instant::now();
+        let _held = gate.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
+        assert_eq!(
+            gate.admit("2001:db8:1:2:ffff::9".parse().unwrap(), now)
+                .unwrap_err(),
+            Refusal::TooManyConnections
+        );
+        assert!(gate.admit("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
+        // An IPv4 client seen through a dual-stack socket is the same IPv4 client.
+        let _v4 = gate.admit("192.0.2.9".parse().unwrap(), now).unwrap();
+        assert!(
+            gate.admit("::ffff:192.0.2.9".parse().unwrap(), now)
+                .is_err()
+        );
     }
 
     #[test]
