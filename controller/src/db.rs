@@ -56,7 +56,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_maintenance.sql")),
     (5, include_str!("../migrations/sqlite/0005_events.sql")),
     (6, include_str!("../migrations/sqlite/0006_deploy_keys.sql")),
-    (7, include_str!("../migrations/sqlite/0007_limits_health.sql")),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_limits_health.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -1118,9 +1121,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(db.limits(&app).await.unwrap()["web"], web_limits);
-        db.set_limits(&app, &BTreeMap::from([("web".to_owned(), Limits::default())]))
-            .await
-            .unwrap();
+        db.set_limits(
+            &app,
+            &BTreeMap::from([("web".to_owned(), Limits::default())]),
+        )
+        .await
+        .unwrap();
         assert!(db.limits(&app).await.unwrap().is_empty());
         assert_eq!(db.health_path(&app).await.unwrap(), None);
         db.set_health_path(&app, Some("/up")).await.unwrap();

@@ -221,7 +221,12 @@ mod tests {
     fn appends_tails_and_rolls_over() {
         let dir = tempfile::tempdir().unwrap();
         let logs = AppLogs::open(dir.path(), 200).unwrap();
-        logs.append(&app(), "build", Some("2026-11-22T10:00:00Z"), "one\ntwo\r\n");
+        logs.append(
+            &app(),
+            "build",
+            Some("2026-11-22T10:00:00Z"),
+            "one\ntwo\r\n",
+        );
         assert_eq!(
             logs.tail(&app(), 10),
             vec![
@@ -248,7 +253,10 @@ mod tests {
         logs.append(&app(), "web.1", Some("2026-11-22T10:00:01.5+01:00"), "hi");
         drop(logs);
         let logs = AppLogs::open(dir.path(), DEFAULT_CAP).unwrap();
-        assert_eq!(logs.last_timestamp(&app()), "2026-11-22T09:00:01.500000000Z");
+        assert_eq!(
+            logs.last_timestamp(&app()),
+            "2026-11-22T09:00:01.500000000Z"
+        );
         logs.remove(&app());
         assert!(logs.tail(&app(), 10).is_empty());
         assert_eq!(logs.last_timestamp(&app()), "");

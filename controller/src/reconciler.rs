@@ -249,7 +249,11 @@ impl Reconciler {
             again: tx.clone(),
         });
         let handle = ReconcilerHandle(tx.clone());
-        tokio::spawn(watch_exits(this.engine.clone(), this.config.instance_id.clone(), tx.clone()));
+        tokio::spawn(watch_exits(
+            this.engine.clone(),
+            this.config.instance_id.clone(),
+            tx.clone(),
+        ));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(this.config.tick);
             loop {
@@ -525,10 +529,7 @@ impl Reconciler {
         if wait.is_zero() {
             detail.push_str("; starting a new instance now");
         } else {
-            detail.push_str(&format!(
-                "; starting a new instance in {}s",
-                wait.as_secs()
-            ));
+            detail.push_str(&format!("; starting a new instance in {}s", wait.as_secs()));
             let again = self.again.clone();
             let app = app.clone();
             tokio::spawn(async move {
@@ -808,8 +809,9 @@ async fn watch_exits(
 async fn answers(addr: SocketAddr, path: &str) -> bool {
     let check = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-health\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-health\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).await.ok()?;
