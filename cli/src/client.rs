@@ -696,7 +696,11 @@ fn print_limits(limits: &Value) {
         .into_iter()
         .flatten()
         .map(|(process, l)| {
-            json!([process, show_memory(&l["memory_bytes"]), show_cpu(&l["nano_cpus"])])
+            json!([
+                process,
+                show_memory(&l["memory_bytes"]),
+                show_cpu(&l["nano_cpus"])
+            ])
         })
         .collect();
     if rows.is_empty() {
@@ -704,11 +708,7 @@ fn print_limits(limits: &Value) {
         return;
     }
     table(&["TYPE", "MEMORY", "CPU"], &Value::Array(rows), |r| {
-        r.as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect()
+        r.as_array().into_iter().flatten().map(s).collect()
     });
 }
 
@@ -742,8 +742,10 @@ pub(crate) async fn limits_unset(
     types: &[String],
     fields: &[&str],
 ) -> Result<()> {
-    let unset: serde_json::Map<String, Value> =
-        fields.iter().map(|f| ((*f).to_owned(), Value::Null)).collect();
+    let unset: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|f| ((*f).to_owned(), Value::Null))
+        .collect();
     let body: serde_json::Map<String, Value> = types
         .iter()
         .map(|t| (t.clone(), Value::Object(unset.clone())))
@@ -763,7 +765,9 @@ pub(crate) async fn healthcheck(api: &Api, app: &str, set: Option<Option<&str>>)
     };
     api.show(&answer, |h| match h["path"].as_str() {
         Some(p) => println!("{app}: new web instances get traffic once GET {p} answers 2xx or 3xx"),
-        None => println!("{app}: new web instances get traffic once they accept connections on PORT"),
+        None => {
+            println!("{app}: new web instances get traffic once they accept connections on PORT")
+        }
     })
 }
 

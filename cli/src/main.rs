@@ -412,8 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (_, true) => &["nano_cpus"],
                 _ => &["memory_bytes", "nano_cpus"],
             };
-            client::limits_unset(&api()?, &client::resolve_app(app.clone())?, types, fields)
-                .await
+            client::limits_unset(&api()?, &client::resolve_app(app.clone())?, types, fields).await
         }
         Command::Healthcheck { app } => {
             client::healthcheck(&api()?, &client::resolve_app(app.clone())?, None).await
