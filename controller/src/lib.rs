@@ -49,6 +49,10 @@ pub struct ControllerConfig {
     pub retain_releases: usize,
 }
 
+/// The registry repositories whose images releases own (the builder exports `apps/<app>`,
+/// tagged by commit): in them only retention keeps an image, never a tag.
+pub const APP_REPOSITORIES: &str = "apps";
+
 /// How many releases before the newest one keep their images unless configured otherwise.
 pub const DEFAULT_RETAIN_RELEASES: usize = 10;
 
@@ -199,7 +203,8 @@ impl Controller {
             ControllerError::Io("registry garbage collection is not available here".to_owned())
         })?;
         let keep = self.retained_images().await?;
-        let report = gc.collect(&keep, dry_run).await.map_err(|e| {
+        let managed = [APP_REPOSITORIES.to_owned()];
+        let report = gc.collect(&keep, &managed, dry_run).await.map_err(|e| {
             tracing::warn!("registry gc: {e}");
             ControllerError::Io(e.0)
         })?;

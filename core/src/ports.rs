@@ -1,6 +1,7 @@
 //! The questions other parts ask the controller, as traits. The controller implements them; the
 //! builder and the registry hold them as `Arc<dyn ...>`, so neither reaches into the controller's
-//! tables and both can be tested against a fake.
+//! tables and both can be tested against a fake. One goes the other way: the registry implements
+//! [`RegistryGc`] and the controller holds it, so the controller never depends on the registry.
 
 use async_trait::async_trait;
 
@@ -121,6 +122,13 @@ pub struct KeptImage {
 #[async_trait]
 pub trait RegistryGc: Send + Sync + 'static {
     /// Removes every manifest not in `keep` (nor tagged, nor otherwise needed by one that stays)
-    /// and the content nothing references any more; on a `dry_run`, only reports it.
-    async fn collect(&self, keep: &[KeptImage], dry_run: bool) -> Result<GcReport, PortError>;
+    /// and the content nothing references any more; on a `dry_run`, only reports it. In the
+    /// repositories under a `managed` prefix (`apps`: the caller decides their lifecycle) tags
+    /// protect nothing, and a removed manifest's tags go with it.
+    async fn collect(
+        &self,
+        keep: &[KeptImage],
+        managed: &[String],
+        dry_run: bool,
+    ) -> Result<GcReport, PortError>;
 }

@@ -123,13 +123,15 @@ impl Registry {
     }
 
     /// Collects garbage while the registry serves: removes every manifest that is not in
-    /// `keep` (`(repository, digest)` pairs; names that are not valid are ignored), not tagged,
+    /// `keep` (`(repository, digest)` pairs; names that are not valid are ignored), not tagged
+    /// (tags count only outside the repositories under a `managed` prefix such as `apps`),
     /// not listed by a surviving index and not a referrer of a surviving manifest; then the blob
     /// links no surviving manifest references and the content no link references. Nothing
     /// younger than the grace period goes. A `dry_run` deletes nothing and reports the same.
     pub async fn gc(
         &self,
         keep: &[(String, String)],
+        managed: &[String],
         dry_run: bool,
     ) -> Result<GcReport, RegistryError> {
         let keep: Vec<_> = keep
@@ -144,7 +146,7 @@ impl Registry {
         let report = self
             .shared
             .storage
-            .gc(&keep, self.gc_grace, dry_run)
+            .gc(&keep, managed, self.gc_grace, dry_run)
             .await?;
         tracing::info!(
             dry_run,
@@ -213,12 +215,17 @@ impl Registry {
 
 #[async_trait]
 impl RegistryGc for Registry {
-    async fn collect(&self, keep: &[KeptImage], dry_run: bool) -> Result<GcReport, PortError> {
+    async fn collect(
+        &self,
+        keep: &[KeptImage],
+        managed: &[String],
+        dry_run: bool,
+    ) -> Result<GcReport, PortError> {
         let keep: Vec<(String, String)> = keep
             .iter()
             .map(|k| (k.repository.clone(), k.digest.clone()))
             .collect();
-        self.gc(&keep, dry_run)
+        self.gc(&keep, managed, dry_run)
             .await
             .map_err(|e| PortError(format!("registry garbage collection: {e}")))
     }

@@ -75,6 +75,8 @@ pub struct Server {
     pub token: String,
     /// The PostgreSQL database this server runs on, when the suite runs on PostgreSQL.
     database: Option<Postgres>,
+    /// Extra environment for `slipway server` (settings a test needs), kept across restarts.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -126,6 +128,11 @@ impl Drop for Postgres {
 impl Server {
     /// Starts a server on free ports and waits until its API answers.
     pub fn start() -> Server {
+        Server::start_with_env(&[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for `slipway server`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("slipway-e2e-")
             .tempdir()
@@ -138,6 +145,10 @@ impl Server {
             http: free_port(),
             token: String::new(),
             database: Postgres::for_this_run(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
         };
         server.spawn();
@@ -157,6 +168,7 @@ impl Server {
         if let Some(db) = &self.database {
             cmd.arg("--database-url").arg(db.url());
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .env("SLIPWAY_API_ADDR", format!("127.0.0.1:{}", self.api))
             .env("SLIPWAY_SSH_ADDR", format!("127.0.0.1:{}", self.ssh))

@@ -2,7 +2,8 @@
 //! references, and the content no remaining link references.
 //!
 //! Owns the rules of what survives. A manifest survives if the caller keeps it, a tag points at
-//! it, a surviving index lists it, its subject survives, or its link is younger than the grace
+//! it (except in the repositories the caller manages, where its keep list alone decides, and
+//! tags of removed manifests go with them), a surviving index lists it, its subject survives, or its link is younger than the grace
 //! period. A blob link survives if a surviving manifest of its repository references it or it
 //! is younger than the grace period (a push in progress: blobs uploaded, manifest not yet).
 //! Content survives while any surviving link names it, or while it is younger than the grace
@@ -37,23 +38,27 @@ struct Scan {
     /// Blob links and whether each is younger than the grace period.
     links: Vec<(RepoName, Digest, bool)>,
     tagged: Vec<(RepoName, Digest)>,
+    /// Tags in managed repositories, which protect nothing: `(repository, tag, digest)`.
+    managed_tags: Vec<(RepoName, Tag, Digest)>,
     /// Content objects with their size and whether each is younger than the grace period.
     content: Vec<(Digest, u64, bool)>,
 }
 
 impl Storage {
     /// Collects garbage: see the module documentation for what survives. `keep` names the
-    /// manifests the caller still needs; nothing younger than `grace` is removed. A `dry_run`
-    /// removes nothing and reports what a real run would remove.
+    /// manifests the caller still needs; in the repositories under a `managed` prefix (a
+    /// repository name or its first components) tags protect nothing. Nothing younger than
+    /// `grace` is removed. A `dry_run` removes nothing and reports what a real run would remove.
     pub(crate) async fn gc(
         &self,
         keep: &[(RepoName, Digest)],
+        managed: &[String],
         grace: Duration,
         dry_run: bool,
     ) -> Result<GcReport, StorageError> {
         let _exclusive = self.gc_lock.write().await;
         let now = SystemTime::now();
-        let scan = self.scan(now, grace).await?;
+        let scan = self.scan(managed, now, grace).await?;
 
         // Mark, until nothing changes: what is reachable from the roots through index children,
         // and every manifest whose subject is marked.
@@ -157,6 +162,11 @@ impl Storage {
                     .await?;
             }
         }
+        for (repo, tag, digest) in &scan.managed_tags {
+            if !live.contains(&(repo.clone(), digest.clone())) {
+                self.delete(&Storage::tag_key(repo, tag)).await?;
+            }
+        }
         for (repo, digest, _) in dead_links {
             self.delete(&Storage::blob_link(repo, digest)).await?;
         }
@@ -169,7 +179,12 @@ impl Storage {
     }
 
     /// Reads every manifest, blob link, tag and content object.
-    async fn scan(&self, now: SystemTime, grace: Duration) -> Result<Scan, StorageError> {
+    async fn scan(
+        &self,
+        managed: &[String],
+        now: SystemTime,
+        grace: Duration,
+    ) -> Result<Scan, StorageError> {
         let young = async |key: &Key| -> Result<bool, StorageError> {
             let written = self
                 .backend
@@ -183,6 +198,11 @@ impl Storage {
             let Ok(repo) = RepoName::parse(&repo) else {
                 continue;
             };
+            let is_managed = managed.iter().any(|m| {
+                repo.as_str()
+                    .strip_prefix(m.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            });
             for digest in self
                 .digests(&Storage::repo_key(&repo).join("_manifests"))
                 .await?
@@ -218,8 +238,12 @@ impl Storage {
                 let Ok(tag) = Tag::parse(&tag) else { continue };
                 // A tag that cannot be read protects nothing it could name, so the whole
                 // collection stops rather than guess.
-                if let Some(digest) = self.resolve_tag(&repo, &tag).await? {
-                    scan.tagged.push((repo.clone(), digest));
+                match self.resolve_tag(&repo, &tag).await? {
+                    Some(digest) if is_managed => {
+                        scan.managed_tags.push((repo.clone(), tag, digest));
+                    }
+                    Some(digest) => scan.tagged.push((repo.clone(), digest)),
+                    None => {}
                 }
             }
         }
@@ -365,7 +389,7 @@ mod tests {
         let before = s.stored_bytes();
 
         let report = s
-            .gc(&[(app.clone(), new.clone())], Duration::ZERO, false)
+            .gc(&[(app.clone(), new.clone())], &[], Duration::ZERO, false)
             .await
             .expect("gc");
         assert_eq!(
@@ -392,7 +416,7 @@ mod tests {
 
         // A second run finds nothing more.
         let again = s
-            .gc(&[(app, new)], Duration::ZERO, false)
+            .gc(&[(app, new)], &[], Duration::ZERO, false)
             .await
             .expect("gc");
         assert_eq!(again, GcReport::default());
@@ -407,7 +431,7 @@ mod tests {
         let old = image(&s, &app, None, &config, &[&layer], None).await;
         let before = s.stored_bytes();
 
-        let dry = s.gc(&[], Duration::ZERO, true).await.expect("dry run");
+        let dry = s.gc(&[], &[], Duration::ZERO, true).await.expect("dry run");
         assert!(dry.dry_run);
         assert_eq!(dry.manifests.len(), 1);
         assert_eq!(dry.blobs.len(), 3);
@@ -415,7 +439,7 @@ mod tests {
         assert!(exists(&s, &app, &old).await);
         assert!(s.blob_size(&app, &layer).await.expect("stat").is_some());
 
-        let real = s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        let real = s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
         assert_eq!(
             GcReport {
                 dry_run: true,
@@ -444,7 +468,7 @@ mod tests {
         });
         let index = put(&s, &run, Some("multi"), index).await;
 
-        let report = s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        let report = s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
         assert_eq!(report, GcReport::default());
         for m in [&tagged, &child, &index] {
             assert!(exists(&s, &run, m).await, "{m}");
@@ -454,7 +478,7 @@ mod tests {
         s.delete_manifest(&run, &Reference::Tag(Tag::parse("multi").expect("tag")))
             .await
             .expect("untag");
-        let report = s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        let report = s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
         assert_eq!(report.manifests.len(), 2);
         assert!(!exists(&s, &run, &child).await);
         assert!(!has_content(&s, &arm).await);
@@ -473,7 +497,12 @@ mod tests {
         let referrer = image(&s, &app, None, &config, &[&sig], Some(&subject)).await;
 
         let kept = s
-            .gc(&[(app.clone(), subject.clone())], Duration::ZERO, false)
+            .gc(
+                &[(app.clone(), subject.clone())],
+                &[],
+                Duration::ZERO,
+                false,
+            )
             .await
             .expect("gc");
         assert_eq!(kept, GcReport::default());
@@ -481,7 +510,7 @@ mod tests {
         let listed = s.referrers(&app, &subject, None).await.expect("referrers");
         assert_eq!(listed.len(), 1);
 
-        let report = s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        let report = s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
         assert_eq!(report.manifests.len(), 2);
         assert!(!exists(&s, &app, &referrer).await);
         assert!(!has_content(&s, &sig).await);
@@ -500,14 +529,14 @@ mod tests {
         let unkept = image(&s, &app, None, &config, &[&layer], None).await;
         let pending = blob(&s, &app, "pushed, manifest still to come").await;
 
-        let report = s.gc(&[], HOUR, false).await.expect("gc");
+        let report = s.gc(&[], &[], HOUR, false).await.expect("gc");
         assert_eq!(report, GcReport::default());
         assert!(exists(&s, &app, &unkept).await);
         // The push goes on: its manifest finds its blobs.
         image(&s, &app, Some("latest"), &config, &[&pending], None).await;
 
         // Without grace the untagged image goes.
-        let report = s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        let report = s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
         assert_eq!(report.manifests.len(), 1);
         assert!(!exists(&s, &app, &unkept).await);
     }
@@ -522,7 +551,7 @@ mod tests {
             .await
             .expect("append");
 
-        s.gc(&[], Duration::ZERO, false).await.expect("gc");
+        s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
 
         let digest = Digest::of(Algorithm::Sha256, b"half done");
         s.finish_upload(&app, &id, &digest, body(b"done"))
@@ -544,7 +573,7 @@ mod tests {
         let kept = image(&s, &b, None, &config, &[&layer], None).await;
 
         let report = s
-            .gc(&[(b.clone(), kept.clone())], Duration::ZERO, false)
+            .gc(&[(b.clone(), kept.clone())], &[], Duration::ZERO, false)
             .await
             .expect("gc");
         assert_eq!(report.manifests.len(), 1);
@@ -552,5 +581,38 @@ mod tests {
         assert!(s.blob_size(&a, &layer).await.expect("stat").is_none());
         assert!(s.blob_size(&b, &layer).await.expect("stat").is_some());
         assert!(has_content(&s, &layer).await);
+    }
+
+    /// In a managed repository (the builder tags each build by commit) the keep list alone
+    /// decides: an unkept tagged image goes with its tag, while other repositories' tags hold.
+    #[tokio::test]
+    async fn tags_protect_nothing_in_managed_repositories() {
+        let (_dir, s) = storage();
+        let (app, stack) = (repo("apps/web"), repo("stacks/run"));
+        let config = blob(&s, &app, "config").await;
+        let (one, two) = (blob(&s, &app, "one").await, blob(&s, &app, "two").await);
+        let old = image(&s, &app, Some("c0ffee1"), &config, &[&one], None).await;
+        let new = image(&s, &app, Some("c0ffee2"), &config, &[&two], None).await;
+        let base = blob(&s, &stack, "base").await;
+        let run = image(&s, &stack, Some("bookworm"), &base, &[], None).await;
+        let apps = ["apps".to_owned()];
+
+        let report = s
+            .gc(&[(app.clone(), new.clone())], &apps, Duration::ZERO, false)
+            .await
+            .expect("gc");
+        assert_eq!(report.manifests.len(), 1);
+        assert_eq!(report.manifests[0].digest, old.to_string());
+        assert!(!exists(&s, &app, &old).await);
+        assert_eq!(s.tags(&app).await.expect("tags"), ["c0ffee2"]);
+        assert!(exists(&s, &app, &new).await);
+        assert!(exists(&s, &stack, &run).await);
+        // "apps" manages apps/web, not a repository that merely starts with the same letters.
+        let other = repo("appsx/web");
+        let cfg = blob(&s, &other, "other config").await;
+        let tagged = image(&s, &other, Some("v1"), &cfg, &[], None).await;
+        s.gc(&[], &apps, Duration::ZERO, false).await.expect("gc");
+        assert!(exists(&s, &other, &tagged).await);
+        assert!(!exists(&s, &app, &new).await);
     }
 }
