@@ -3,12 +3,14 @@
 //! [`ssh`] accepts `git push` and `git clone` over SSH (public keys only, identity from the
 //! verified key), runs git's own receive-pack/upload-pack on the app's bare repository, and for
 //! a push hands the commit from the pre-receive [`hook`] to the [`pipeline`]: receive → detect →
-//! build → export → release → deploy. [`export`] writes the image straight to the registry.
+//! build → export → release → deploy. [`export`] writes the image straight to the registry; an
+//! app with a `Dockerfile` at its root is built and pushed by the engine instead (`dockerfile`).
 //!
 //! Invariants: no path is built from a name that was not validated as an [`AppName`]; git gets
 //! no environment from the client except `GIT_PROTOCOL`; the builder asks the controller only
 //! through the ports in `slipway_core::ports` and never touches its database.
 
+mod dockerfile;
 pub mod export;
 pub mod hook;
 mod pipeline;

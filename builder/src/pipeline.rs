@@ -13,6 +13,7 @@ use slipway_core::{AppName, ProcessTypes, UserName, procfile};
 use slipway_runtime::{BuildSpec, LABEL_INSTANCE, RegistryAuth};
 use tokio::sync::mpsc;
 
+use crate::dockerfile;
 use crate::export::{self, Target};
 use crate::hook::Push;
 use crate::{BuildError, Shared};
@@ -79,6 +80,23 @@ async fn build(
         Some(text) => procfile::parse(&text).map_err(|e| BuildError::Receive(e.to_string()))?,
         None => ProcessTypes::new(),
     };
+
+    // build: a Dockerfile at the root builds through the Docker Engine instead of buildpacks.
+    let source = push.source.path().to_owned();
+    if tokio::task::spawn_blocking(move || dockerfile::present(&source))
+        .await
+        .map_err(|e| BuildError::Receive(e.to_string()))??
+    {
+        let image = dockerfile::build(shared, app, push, &procfile).await?;
+        let built = BuiltImage {
+            app: app.clone(),
+            image,
+            processes: procfile,
+            commit: push.new.clone(),
+            user: user.clone(),
+        };
+        return release(shared, push, built).await;
+    }
 
     // detect + build, inside a container of the build image.
     let registry = RegistryAuth {
@@ -194,15 +212,26 @@ async fn build(
             ))
             .await;
     }
+    let built = BuiltImage {
+        app: app.clone(),
+        image: exported.image,
+        processes,
+        commit: push.new.clone(),
+        user: user.clone(),
+    };
+    release(shared, push, built).await
+}
+
+/// release → deploy: records the release and returns its version once it serves.
+async fn release(
+    shared: &Arc<Shared>,
+    push: &mut Push,
+    built: BuiltImage,
+) -> Result<i64, BuildError> {
+    let app = built.app.clone();
     let release = shared
         .releases
-        .release_build(BuiltImage {
-            app: app.clone(),
-            image: exported.image,
-            processes,
-            commit: push.new.clone(),
-            user: user.clone(),
-        })
+        .release_build(built)
         .await
         .map_err(|e| BuildError::Release(e.to_string()))?;
     push.reporter
@@ -212,7 +241,7 @@ async fn build(
     // deploy: the push returns once the new release serves, or with why it could not.
     shared
         .releases
-        .await_deploy(app, release.version)
+        .await_deploy(&app, release.version)
         .await
         .map_err(|e| BuildError::Deploy(e.to_string()))?;
     Ok(release.version)

@@ -10,15 +10,17 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, EventsOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    EventsOptions, ListContainersOptions, LogsOptions, PushImageOptions, RemoveContainerOptions,
+    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::{BuildSpec, Container, ContainerSpec, Engine, LogLine, RegistryAuth, RuntimeError};
+use crate::{
+    BuildSpec, Container, ContainerSpec, Engine, ImageBuild, LogLine, RegistryAuth, RuntimeError,
+};
 
 /// The Docker Engine on this machine.
 #[derive(Clone)]
@@ -105,20 +107,54 @@ fn registry_of(image: &str) -> &str {
     }
 }
 
+/// `auth` as the engine takes it, but only for an image of `auth`'s own registry: credentials
+/// never go to a registry named in a user's image reference.
+fn credentials_for(image: &str, auth: &RegistryAuth) -> Option<DockerCredentials> {
+    (registry_of(image) == auth.server).then(|| DockerCredentials {
+        username: Some(auth.username.clone()),
+        password: Some(auth.password.clone()),
+        serveraddress: Some(auth.server.clone()),
+        ..Default::default()
+    })
+}
+
+/// Splits `host:port/repo:tag` into (`host:port/repo`, `tag`); a reference without a tag gets
+/// `latest`, as the engine would.
+fn split_tag(reference: &str) -> (&str, &str) {
+    let name_start = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[name_start..].rfind(':') {
+        Some(i) => (
+            &reference[..name_start + i],
+            &reference[name_start + i + 1..],
+        ),
+        None => (reference, "latest"),
+    }
+}
+
+/// The manifest digest in the engine's last push status line:
+/// `<tag>: digest: sha256:<hex> size: <n>`.
+fn pushed_digest(status: &str) -> Option<&str> {
+    let rest = status.split_once("digest: ")?.1;
+    let digest = rest.split_whitespace().next()?;
+    digest.starts_with("sha256:").then_some(digest)
+}
+
+/// CPU period and quota (microseconds) that give `nano_cpus` billionths of a CPU, as the build
+/// API takes a CPU limit.
+fn cpu_quota(nano_cpus: i64) -> (i32, i32) {
+    const PERIOD: i64 = 100_000;
+    let quota =
+        (nano_cpus.saturating_mul(PERIOD) / 1_000_000_000).clamp(1_000, i64::from(i32::MAX));
+    (PERIOD as i32, quota as i32)
+}
+
 #[async_trait]
 impl Engine for Docker {
     async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
         if self.api.inspect_image(image).await.is_ok() {
             return Ok(());
         }
-        // Credentials go only to the registry they belong to, never to one named in a user's
-        // image reference.
-        let credentials = (registry_of(image) == auth.server).then(|| DockerCredentials {
-            username: Some(auth.username.clone()),
-            password: Some(auth.password.clone()),
-            serveraddress: Some(auth.server.clone()),
-            ..Default::default()
-        });
+        let credentials = credentials_for(image, auth);
         let options = CreateImageOptions {
             from_image: Some(image.to_owned()),
             ..Default::default()
@@ -411,11 +447,163 @@ impl Engine for Docker {
             .map_err(|e| RuntimeError::Engine(format!("writing {}: {e}", dest.display())))?;
         Ok(())
     }
+
+    async fn build_image(
+        &self,
+        build: ImageBuild,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<String, RuntimeError> {
+        let (cpuperiod, cpuquota) = cpu_quota(build.nano_cpus);
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".to_owned(),
+            t: Some(build.tag.clone()),
+            // The build API takes the memory limit as a 32-bit number here: at most 2 GiB.
+            memory: Some(
+                build
+                    .memory_bytes
+                    .clamp(6 << 20, i64::from(i32::MAX))
+                    .try_into()
+                    .unwrap_or(i32::MAX),
+            ),
+            cpuperiod: Some(cpuperiod),
+            cpuquota: Some(cpuquota),
+            buildargs: Some(build.build_args),
+            labels: Some(build.labels),
+            // Base images come from the engine's own store: nothing is pulled for a build.
+            pull: None,
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        };
+        let mut stream = self.api.build_image(
+            options,
+            None,
+            Some(bollard::body_full(build.context.into())),
+        );
+        let mut image_id = None;
+        let relay = async {
+            while let Some(info) = stream.next().await {
+                let info = info.map_err(|e| match e {
+                    bollard::errors::Error::DockerStreamError { error } => {
+                        RuntimeError::Build(error.trim_end().to_owned())
+                    }
+                    e => engine(e),
+                })?;
+                if let Some(id) = info.aux.and_then(|a| a.id) {
+                    image_id = Some(id);
+                }
+                if let Some(text) = info.stream.or(info.status) {
+                    // A closed receiver means nobody listens any more; the build goes on.
+                    let _ = output.send(text.into_bytes()).await;
+                }
+            }
+            Ok::<(), RuntimeError>(())
+        };
+        // Dropping the request on timeout closes the connection, which cancels the build.
+        tokio::time::timeout(build.timeout, relay)
+            .await
+            .map_err(|_| RuntimeError::Timeout(build.timeout))??;
+        match image_id {
+            Some(id) => Ok(id),
+            None => self
+                .api
+                .inspect_image(&build.tag)
+                .await
+                .map_err(engine)?
+                .id
+                .ok_or_else(|| {
+                    RuntimeError::Build(format!("no image {} after the build", build.tag))
+                }),
+        }
+    }
+
+    async fn push_image(
+        &self,
+        tag: &str,
+        auth: &RegistryAuth,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<String, RuntimeError> {
+        let (repository, version) = split_tag(tag);
+        let options = PushImageOptions {
+            tag: Some(version.to_owned()),
+            ..Default::default()
+        };
+        let failed = |reason: String| RuntimeError::Push {
+            image: tag.to_owned(),
+            reason,
+        };
+        let mut stream = self
+            .api
+            .push_image(repository, Some(options), credentials_for(tag, auth));
+        let mut digest = None;
+        while let Some(info) = stream.next().await {
+            let info = info.map_err(|e| failed(e.to_string()))?;
+            let Some(status) = info.status else { continue };
+            if let Some(d) = pushed_digest(&status) {
+                digest = Some(d.to_owned());
+            }
+            // The repository and the digest; per-layer lines (without the layer's id, which
+            // this API model drops) would only flood the pusher.
+            let per_layer = matches!(
+                status.as_str(),
+                "Preparing" | "Waiting" | "Pushing" | "Pushed" | "Layer already exists"
+            ) || status.starts_with("Mounted from");
+            if !per_layer {
+                let _ = output.send(format!("{status}\n").into_bytes()).await;
+            }
+        }
+        if let Some(digest) = digest {
+            return Ok(digest);
+        }
+        // Older engines may not print the digest: the image's repo digests name it.
+        let info = self.api.inspect_image(tag).await.map_err(engine)?;
+        info.repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|r| {
+                r.strip_prefix(repository)?
+                    .strip_prefix('@')
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| failed("the engine did not report the pushed digest".to_owned()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::registry_of;
+    use super::{cpu_quota, pushed_digest, registry_of, split_tag};
+
+    #[test]
+    fn tags() {
+        assert_eq!(
+            split_tag("127.0.0.1:5000/apps/web:abc123"),
+            ("127.0.0.1:5000/apps/web", "abc123")
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/apps/web"),
+            ("127.0.0.1:5000/apps/web", "latest")
+        );
+        assert_eq!(split_tag("python:3"), ("python", "3"));
+    }
+
+    #[test]
+    fn push_status_digest() {
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            pushed_digest(&format!("abc: digest: {d} size: 1234")),
+            Some(d)
+        );
+        assert_eq!(pushed_digest("Pushed"), None);
+        assert_eq!(pushed_digest("digest: md5:00 size: 1"), None);
+    }
+
+    #[test]
+    fn cpu_limits() {
+        assert_eq!(cpu_quota(1_500_000_000), (100_000, 150_000));
+        assert_eq!(cpu_quota(1_000_000_000), (100_000, 100_000));
+        // Too small a quota is refused by the kernel; keep at least 1% of a CPU.
+        assert_eq!(cpu_quota(1), (100_000, 1_000));
+    }
 
     #[test]
     fn registry_hosts() {

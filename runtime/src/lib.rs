@@ -1,7 +1,7 @@
 //! The container engine behind one trait. [`Engine`] is everything the reconciler and the
 //! builder ask of an engine: pull an image, run a container, list the containers Slipway owns,
-//! remove one, and run a build container to completion. [`docker::Docker`] implements it on the
-//! Docker Engine through bollard.
+//! remove one, run a build container to completion, and build an image from a Dockerfile and push
+//! it. [`docker::Docker`] implements it on the Docker Engine through bollard.
 //!
 //! Invariant: this crate knows nothing of apps or releases; callers pass labels and it filters on
 //! them. It never touches a container that lacks the caller's `slipway.instance` label.
@@ -38,6 +38,17 @@ pub enum RuntimeError {
     /// A build container ran longer than its timeout and was killed.
     #[error("build timed out after {0:?}")]
     Timeout(Duration),
+    /// A Dockerfile build failed; the reason is the failing step's error.
+    #[error("{0}")]
+    Build(String),
+    /// The image could not be pushed.
+    #[error("pushing image {image}: {reason}")]
+    Push {
+        /// The image reference.
+        image: String,
+        /// What the engine said.
+        reason: String,
+    },
 }
 
 /// Credentials for pulling from a registry.
@@ -133,6 +144,37 @@ pub struct BuildSpec {
     pub timeout: Duration,
 }
 
+/// An image to build from a `Dockerfile` at the root of a build context.
+#[derive(Clone)]
+pub struct ImageBuild {
+    /// The build context: a tar archive (uncompressed or gzip) with the `Dockerfile` at its root.
+    pub context: Vec<u8>,
+    /// The reference to tag the image with: `host:port/repo:tag`.
+    pub tag: String,
+    /// `--build-arg` values; the Dockerfile sees only those it declares with `ARG`.
+    pub build_args: HashMap<String, String>,
+    /// Labels put on the image, including [`LABEL_INSTANCE`].
+    pub labels: HashMap<String, String>,
+    /// Memory limit of each step's container, in bytes.
+    pub memory_bytes: i64,
+    /// CPU limit of each step's container, in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// The build is cancelled after this long.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ImageBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Build arguments may be config values, which never reach a log line.
+        f.debug_struct("ImageBuild")
+            .field("tag", &self.tag)
+            .field("context_bytes", &self.context.len())
+            .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The container engine.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -188,4 +230,24 @@ pub trait Engine: Send + Sync + 'static {
         path: &str,
         dest: &std::path::Path,
     ) -> Result<(), RuntimeError>;
+
+    /// Builds an image from a Dockerfile with the engine's local base images (nothing is
+    /// pulled), sending the build's output to `output` as it comes, and returns the image's id.
+    /// A failed step fails the build with the engine's error (the step's own output has already
+    /// been sent); a build that outlives its timeout is cancelled.
+    async fn build_image(
+        &self,
+        build: ImageBuild,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<String, RuntimeError>;
+
+    /// Pushes the local image `tag` (`host:port/repo:tag`) to its registry, sending progress to
+    /// `output`, and returns the pushed manifest's digest (`sha256:...`). `auth` is sent only
+    /// when `tag` names `auth`'s registry.
+    async fn push_image(
+        &self,
+        tag: &str,
+        auth: &RegistryAuth,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<String, RuntimeError>;
 }

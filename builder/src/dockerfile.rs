@@ -1,0 +1,176 @@
+//! The build step for an app with a `Dockerfile` at its root: the pushed source is the build
+//! context, the Docker Engine builds it (with the build limits and timeout, and only the base
+//! images the engine already has), and the image is pushed to Slipway's registry as
+//! `apps/<app>:<commit>`, the repository buildpack builds use, so the release names it by digest.
+//!
+//! What this module does not do: pass config vars as build arguments. The builder sees no config
+//! (the `Releases` port does not carry it), so a Dockerfile's `ARG`s keep their defaults.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use slipway_core::{AppName, ProcessTypes};
+use slipway_runtime::{ImageBuild, LABEL_INSTANCE, RegistryAuth};
+use tokio::sync::mpsc;
+
+use crate::hook::Push;
+use crate::{BuildError, Shared};
+
+/// The file whose presence at the root of the source selects a Dockerfile build.
+pub(crate) const DOCKERFILE: &str = "Dockerfile";
+
+/// Indentation of the engine's output under the pipeline's `-----> ` lines.
+const INDENT: &[u8] = b"       ";
+
+/// Whether the pushed source (a `git archive` tar) has a `Dockerfile` at its root.
+pub(crate) fn present(source: &Path) -> Result<bool, BuildError> {
+    let err = |e: std::io::Error| BuildError::Receive(format!("reading the pushed source: {e}"));
+    let mut archive = tar::Archive::new(std::fs::File::open(source).map_err(err)?);
+    for entry in archive.entries().map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let kind = entry.header().entry_type();
+        if (kind.is_file() || kind.is_symlink())
+            && entry.path().map_err(err)? == Path::new(DOCKERFILE)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Builds the pushed source through its Dockerfile, streaming the engine's output to the pusher,
+/// and pushes the image to the registry; returns the image by digest
+/// (`<registry>/apps/<app>@sha256:...`). `procfile` only decides what the pusher is told: its
+/// process types, or the image's own command as `web`.
+pub(crate) async fn build(
+    shared: &Arc<Shared>,
+    app: &AppName,
+    push: &mut Push,
+    procfile: &ProcessTypes,
+) -> Result<String, BuildError> {
+    push.reporter
+        .line("-----> Dockerfile app detected; building with the Docker Engine")
+        .await;
+    let context = tokio::fs::read(push.source.path())
+        .await
+        .map_err(|e| BuildError::Receive(format!("reading the pushed source: {e}")))?;
+    let tag = format!("{}/apps/{app}:{}", shared.config.registry_addr, push.new);
+    let build = ImageBuild {
+        context,
+        tag: tag.clone(),
+        build_args: HashMap::new(),
+        labels: HashMap::from([
+            (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
+            ("slipway.build".to_owned(), app.to_string()),
+        ]),
+        memory_bytes: shared.config.build_memory_bytes,
+        nano_cpus: shared.config.build_nano_cpus,
+        timeout: shared.config.build_timeout,
+    };
+    let engine = shared.engine.clone();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    let running = tokio::spawn(async move { engine.build_image(build, tx).await });
+    relay(rx, push).await;
+    running
+        .await
+        .map_err(|e| BuildError::Build(e.to_string()))?
+        .map_err(|e| BuildError::Build(format!("the Dockerfile build failed: {e}")))?;
+
+    // export: the engine pushes the image; the registry skips layers it has.
+    push.reporter
+        .line("-----> Exporting image to the registry")
+        .await;
+    let auth = RegistryAuth {
+        server: shared.config.registry_addr.clone(),
+        username: shared.config.registry_user.clone(),
+        password: shared.config.registry_token.clone(),
+    };
+    let engine = shared.engine.clone();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    let pushing = tokio::spawn(async move { engine.push_image(&tag, &auth, tx).await });
+    relay(rx, push).await;
+    let digest = pushing
+        .await
+        .map_err(|e| BuildError::Export(e.to_string()))?
+        .map_err(|e| BuildError::Export(e.to_string()))?;
+    let image = format!("{}/apps/{app}@{digest}", shared.config.registry_addr);
+    push.reporter.line(&format!("       {image}")).await;
+    let processes = if procfile.is_empty() {
+        "web (the image's own command)".to_owned()
+    } else {
+        procfile.keys().cloned().collect::<Vec<_>>().join(", ")
+    };
+    push.reporter
+        .line(&format!("-----> Process types: {processes}"))
+        .await;
+    Ok(image)
+}
+
+/// Sends the engine's output to the pusher as it comes, indented under the pipeline's lines.
+async fn relay(mut rx: mpsc::Receiver<Vec<u8>>, push: &mut Push) {
+    let mut at_line_start = true;
+    while let Some(chunk) = rx.recv().await {
+        push.reporter
+            .output(&indent(&chunk, &mut at_line_start))
+            .await;
+    }
+    if !at_line_start {
+        push.reporter.output(b"\n").await;
+    }
+}
+
+/// `chunk` with [`INDENT`] before every line that starts in it; `at_line_start` carries whether
+/// the previous chunk ended a line.
+fn indent(chunk: &[u8], at_line_start: &mut bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + INDENT.len());
+    for &b in chunk {
+        if *at_line_start {
+            out.extend_from_slice(INDENT);
+        }
+        out.push(b);
+        *at_line_start = b == b'\n';
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{indent, present};
+
+    fn archive(files: &[(&str, &str)]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut tar = tar::Builder::new(file.reopen().unwrap());
+        for (path, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, data.as_bytes()).unwrap();
+        }
+        tar.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn dockerfile_only_at_the_root() {
+        let root = archive(&[("app.py", ""), ("Dockerfile", "FROM scratch\n")]);
+        assert!(present(root.path()).unwrap());
+        let nested = archive(&[("docker/Dockerfile", "FROM scratch\n"), ("Procfile", "")]);
+        assert!(!present(nested.path()).unwrap());
+        let lower = archive(&[("dockerfile", "FROM scratch\n")]);
+        assert!(!present(lower.path()).unwrap());
+    }
+
+    #[test]
+    fn indents_lines_across_chunks() {
+        let mut start = true;
+        let mut out = indent(b"Step 1/2 : FROM x\n ---> ab", &mut start);
+        out.extend(indent(b"c\nStep 2/2", &mut start));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "       Step 1/2 : FROM x\n        ---> abc\n       Step 2/2"
+        );
+        assert!(!start);
+    }
+}
