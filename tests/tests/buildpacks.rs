@@ -1,0 +1,189 @@
+//! The shipped buildpacks beyond Python, end to end: a Node.js app, a static site and an app
+//! that has only a Procfile are pushed over OpenSSH, detected by their own buildpack, built
+//! offline with the stack's tools and served through the router. The Node.js app is also
+//! redeployed after a change, and an app whose dependencies cannot be downloaded is rejected
+//! quickly with a message saying what to do, while the running release keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use slipway_tests::{Server, commit_all, git_repo, repo_root, run, text};
+
+/// A server with the stacks pushed, a key, and `app` created from `fixture`, pushed once.
+struct Pushed {
+    server: Server,
+    key: PathBuf,
+    repo: PathBuf,
+    /// The first push's output.
+    out: String,
+}
+
+fn push_fixture(app: &str, fixture: &str) -> Pushed {
+    let server = Server::start();
+    server.push_stacks();
+    let key = server.keygen("bp-key");
+    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
+    server.cli_ok(&["apps:create", app]);
+    let repo = git_repo(
+        server.dir.path(),
+        app,
+        &repo_root().join("tests/fixtures").join(fixture),
+    );
+    let push = server.git_push(&repo, &key, app);
+    let out = text(&push);
+    assert!(
+        push.status.success(),
+        "push failed:\n{out}\n{}",
+        server.log()
+    );
+    Pushed {
+        server,
+        key,
+        repo,
+        out,
+    }
+}
+
+/// Asserts that the push output has every one of `lines` as a `remote:` line's start.
+fn assert_remote_lines(out: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start_matches("remote: ").starts_with(line)),
+            "push output lacks {line:?}:\n{out}"
+        );
+    }
+}
+
+/// GET `path` on the router as `<app>.slipway.localhost`; returns (status, body). (The shared
+/// `Server::http_get` asks for `/` only.)
+fn get(server: &Server, app: &str, path: &str) -> (u16, String) {
+    let out = run(Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {app}.slipway.localhost"))
+        .arg(format!("http://127.0.0.1:{}{path}", server.http)));
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn push(p: &Pushed, app: &str) -> (Output, String) {
+    let out = p.server.git_push(&p.repo, &p.key, app);
+    let text = text(&out);
+    (out, text)
+}
+
+#[test]
+fn nodejs_app_builds_offline_and_redeploys() {
+    let p = push_fixture("nodeapp", "node-app");
+    assert_remote_lines(
+        &p.out,
+        &[
+            "-----> Node.js app detected",
+            "-----> Installing dependencies with npm ci",
+            "-----> Web process: npm start (node server.js)",
+        ],
+    );
+    // `npm start` runs in the run image, which has node but no npm of its own, with
+    // NODE_ENV=production from the buildpack's launch environment.
+    p.server.wait_for_body(
+        "nodeapp",
+        "node hello from nodeapp v1 (production)",
+        Duration::from_secs(60),
+    );
+
+    // A one-line change deploys as the next release.
+    edit(
+        &p.repo.join("server.js"),
+        "const greeting = \"hello\";",
+        "const greeting = \"howdy\";",
+    );
+    commit_all(&p.repo, "howdy");
+    let (out, text) = push(&p, "nodeapp");
+    assert!(out.status.success(), "{text}\n{}", p.server.log());
+    assert_remote_lines(&text, &["-----> Node.js app detected"]);
+    p.server.wait_for_body(
+        "nodeapp",
+        "node howdy from nodeapp v2 (production)",
+        Duration::from_secs(60),
+    );
+
+    // A dependency that cannot be downloaded (a registry nothing answers on) fails the build
+    // at once, with what to do, instead of hanging; the running release keeps serving.
+    std::fs::write(p.repo.join(".npmrc"), "registry=http://127.0.0.1:9/\n").unwrap();
+    edit(
+        &p.repo.join("package.json"),
+        "\"private\": true,",
+        "\"private\": true,\n  \"dependencies\": { \"left-pad\": \"1.3.0\" },",
+    );
+    std::fs::remove_file(p.repo.join("package-lock.json")).unwrap();
+    commit_all(&p.repo, "a dependency");
+    let started = Instant::now();
+    let (out, text) = push(&p, "nodeapp");
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the failing install took {:?}",
+        started.elapsed()
+    );
+    assert_remote_lines(
+        &text,
+        &[
+            "-----> Installing dependencies with npm install",
+            " !     npm install failed",
+        ],
+    );
+    assert!(text.contains("commit node_modules with the app"), "{text}");
+    let (code, body) = p.server.http_get("nodeapp");
+    assert_eq!(
+        (code, body.trim()),
+        (200, "node howdy from nodeapp v2 (production)")
+    );
+}
+
+#[test]
+fn static_site_is_served() {
+    let p = push_fixture("site", "static-site");
+    assert_remote_lines(
+        &p.out,
+        &[
+            "-----> Static HTML app detected",
+            "-----> Web process: slipway-static /workspace",
+        ],
+    );
+    p.server
+        .wait_for_body("site", "static-site-marker-7f3a9c", Duration::from_secs(60));
+    // A directory serves its index.html; anything missing gets the site's 404.html; no
+    // directory is listed.
+    let (code, body) = get(&p.server, "site", "/about/");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("about-page-marker"), "{body}");
+    let (code, body) = get(&p.server, "site", "/missing.html");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("static-site-not-found"), "{body}");
+}
+
+#[test]
+fn procfile_app_runs_its_commands() {
+    let p = push_fixture("procapp", "procfile-app");
+    assert_remote_lines(
+        &p.out,
+        &[
+            "-----> Procfile app detected",
+            "       process types: web, worker",
+            "-----> Process types: web, worker",
+        ],
+    );
+    p.server.wait_for_body(
+        "procapp",
+        "procfile hello from procapp v1",
+        Duration::from_secs(60),
+    );
+}
