@@ -35,18 +35,8 @@ fn main() {
             .unwrap();
     }
     tar.append_dir_all("cnb/lifecycle", &lifecycle).unwrap();
-    // The order: buildpack ids, one per line, from order.toml's `id = "..."` lines.
-    let order: String = std::fs::read_to_string(buildpacks.join("order.toml"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("id = "))
-        .map(|id| format!("{}\n", id.trim_matches('"')))
-        .collect();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(order.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    tar.append_data(&mut header, "cnb/order", order.as_bytes())
+    // The order, as the CNB platform spec lays it out: /cnb/order.toml.
+    tar.append_path_with_name(buildpacks.join("order.toml"), "cnb/order.toml")
         .unwrap();
     tar.finish().unwrap();
 }

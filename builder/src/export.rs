@@ -138,7 +138,9 @@ fn write_layer(
 }
 
 /// Every path under `dir`, sorted, depth first, relative to the layer root.
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Every path under `dir`, relative to `dir`'s root as `rel`, sorted, directories before
+/// their contents.
+pub(crate) fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
@@ -155,6 +157,16 @@ fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, root: &Path, rel: &Path) -> Result<(), BuildError> {
+    append_as(tar, root, rel, rel)
+}
+
+/// Appends `root/rel` as `name`, owned by the stack user, with a fixed mtime.
+pub(crate) fn append_as<W: Write>(
+    tar: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    name: &Path,
+) -> Result<(), BuildError> {
     let path = root.join(rel);
     let meta = std::fs::symlink_metadata(&path).map_err(io("reading build output"))?;
     let mut header = tar::Header::new_ustar();
@@ -166,82 +178,55 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, root: &Path, rel: &Path) -> Resul
     if ft.is_symlink() {
         let target = std::fs::read_link(&path).map_err(io("reading a symlink"))?;
         header.set_size(0);
-        tar.append_link(&mut header, rel, target)
+        tar.append_link(&mut header, name, target)
             .map_err(io("writing a layer"))?;
     } else if ft.is_dir() {
         header.set_size(0);
-        tar.append_data(&mut header, rel, std::io::empty())
+        tar.append_data(&mut header, name, std::io::empty())
             .map_err(io("writing a layer"))?;
     } else if ft.is_file() {
         let f = std::fs::File::open(&path).map_err(io("reading build output"))?;
-        tar.append_data(&mut header, rel, f)
+        tar.append_data(&mut header, name, f)
             .map_err(io("writing a layer"))?;
     }
     // Sockets, fifos and devices have no place in an image; they are skipped.
     Ok(())
 }
 
-/// Whether a CNB `<layer>.toml` marks the layer for launch (`[types] launch = true`).
-fn is_launch_layer(toml: &str) -> bool {
-    let mut in_types = false;
-    for line in toml.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_types = line == "[types]";
-        } else if in_types && line.replace(' ', "") == "launch=true" {
-            return true;
-        }
-    }
-    false
+/// What the lifecycle reports about a build (`/layers/slipway-build.json`): it reads the
+/// buildpacks' TOML, so the exporter never does.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct BuildReport {
+    /// Launch layers, `<escaped buildpack id>/<layer>` under `/layers`, in build order.
+    #[serde(default)]
+    pub launch_layers: Vec<String>,
+    /// Layers to keep for the next build, in the same form.
+    #[serde(default)]
+    pub cache_layers: Vec<String>,
+    /// Process types and their shell commands.
+    #[serde(default)]
+    pub processes: ProcessTypes,
 }
 
-/// Reads `[[processes]]` from a CNB `launch.toml`: `type` and `command` (a string or an array
-/// of strings, joined into one shell command).
-pub(crate) fn launch_processes(toml: &str) -> ProcessTypes {
-    let mut out = ProcessTypes::new();
-    let mut current: (Option<String>, Option<String>) = (None, None);
-    let mut flush = |c: &mut (Option<String>, Option<String>)| {
-        if let (Some(t), Some(cmd)) = c.clone() {
-            out.insert(t, cmd);
+impl BuildReport {
+    /// Reads the report the lifecycle wrote under `layers_dir`; a layer path that is not two
+    /// plain names is refused, since buildpacks (user code) ran before it was read.
+    pub(crate) fn read(layers_dir: &Path) -> Result<BuildReport, BuildError> {
+        let path = layers_dir.join("slipway-build.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BuildError::Export(format!("the build left no report ({e})")))?;
+        let report: BuildReport = serde_json::from_str(&text)
+            .map_err(|e| BuildError::Export(format!("the build report is garbled: {e}")))?;
+        for rel in report.launch_layers.iter().chain(&report.cache_layers) {
+            let plain = |c: &str| !c.is_empty() && c != "." && c != "..";
+            let parts: Vec<&str> = rel.split('/').collect();
+            if parts.len() != 2 || !parts.iter().all(|c| plain(c)) {
+                return Err(BuildError::Export(format!(
+                    "the build report names layer {rel:?}"
+                )));
+            }
         }
-        *c = (None, None);
-    };
-    for line in toml.lines().map(str::trim) {
-        if line == "[[processes]]" {
-            flush(&mut current);
-        } else if let Some(v) = line.strip_prefix("type") {
-            current.0 = Some(unquote(v.trim_start().trim_start_matches('=').trim()));
-        } else if let Some(v) = line.strip_prefix("command") {
-            let v = v.trim_start().trim_start_matches('=').trim();
-            current.1 = Some(if let Some(list) = v.strip_prefix('[') {
-                list.trim_end_matches(']')
-                    .split(',')
-                    .map(|s| shell_quote(&unquote(s.trim())))
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            } else {
-                unquote(v)
-            });
-        }
-    }
-    flush(&mut current);
-    out
-}
-
-fn unquote(s: &str) -> String {
-    s.trim().trim_matches('"').to_owned()
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:$".contains(&b))
-    {
-        s.to_owned()
-    } else if s.is_empty() {
-        String::new()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        Ok(report)
     }
 }
 
@@ -337,40 +322,17 @@ pub async fn export(
     let (layers_dir, root_owned) = (root.join("layers"), root.to_owned());
     let scratch_owned = scratch.to_owned();
     let (built, mut env, launch) = tokio::task::spawn_blocking(move || {
+        let report = BuildReport::read(&layers_dir)?;
         let mut env = BTreeMap::new();
-        let mut launch = ProcessTypes::new();
         let mut rels = Vec::new();
-        let mut bps: Vec<_> = std::fs::read_dir(&layers_dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        bps.sort();
-        for bp in bps.iter().filter(|p| p.is_dir()) {
-            let bp_name = bp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Ok(t) = std::fs::read_to_string(bp.join("launch.toml")) {
-                launch.extend(launch_processes(&t));
-            }
-            let mut tomls: Vec<_> = std::fs::read_dir(bp)
-                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            tomls.sort();
-            for toml in tomls {
-                let Some(name) = toml.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                let Some(layer) = name.strip_suffix(".toml") else {
-                    continue;
-                };
-                if layer == "launch" || layer == "build" || !bp.join(layer).is_dir() {
-                    continue;
-                }
-                let text = std::fs::read_to_string(&toml).unwrap_or_default();
-                if is_launch_layer(&text) {
-                    let rel = format!("layers/{bp_name}/{layer}");
-                    layer_env(&root_owned.join(&rel), &format!("/{rel}"), &mut env);
-                    rels.push(rel);
-                }
+        for layer in &report.launch_layers {
+            let rel = format!("layers/{layer}");
+            if root_owned.join(&rel).is_dir() {
+                layer_env(&root_owned.join(&rel), &format!("/{rel}"), &mut env);
+                rels.push(rel);
             }
         }
+        let launch = report.processes;
         let mut built = Vec::new();
         for rel in &rels {
             built.push(write_layer(&root_owned, &[rel], &scratch_owned, rel)?);
@@ -522,19 +484,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_launch_toml() {
-        let p = launch_processes(
-            "[[processes]]\ntype = \"web\"\ncommand = [\"python3\", \"app.py\"]\ndefault = true\n\n[[processes]]\ntype = \"worker\"\ncommand = \"run it\"\n",
+    fn build_report_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let write =
+            |json: &str| std::fs::write(dir.path().join("slipway-build.json"), json).unwrap();
+        write(
+            r#"{"launch_layers": ["slipway_python/venv"], "processes": {"web": "python3 app.py"}}"#,
         );
-        assert_eq!(p["web"], "python3 app.py");
-        assert_eq!(p["worker"], "run it");
-    }
-
-    #[test]
-    fn launch_types() {
-        assert!(is_launch_layer("[types]\nlaunch = true\nbuild = false\n"));
-        assert!(!is_launch_layer("[types]\nlaunch = false\n"));
-        assert!(!is_launch_layer("[metadata]\nlaunch = true\n"));
+        let report = BuildReport::read(dir.path()).unwrap();
+        assert_eq!(report.launch_layers, ["slipway_python/venv"]);
+        assert_eq!(report.processes["web"], "python3 app.py");
+        for bad in [
+            r#"{"launch_layers": ["../../etc"]}"#,
+            r#"{"cache_layers": ["a/b/c"]}"#,
+            "{",
+        ] {
+            write(bad);
+            assert!(BuildReport::read(dir.path()).is_err(), "{bad}");
+        }
     }
 
     #[test]

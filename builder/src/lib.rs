@@ -10,6 +10,7 @@
 //! no environment from the client except `GIT_PROTOCOL`; the builder asks the controller only
 //! through the ports in `slipway_core::ports` and never touches its database.
 
+mod cache;
 mod dockerfile;
 pub mod export;
 pub mod hook;

@@ -13,10 +13,10 @@ use slipway_core::{AppName, ProcessTypes, UserName, procfile};
 use slipway_runtime::{BuildSpec, LABEL_INSTANCE, RegistryAuth};
 use tokio::sync::mpsc;
 
-use crate::dockerfile;
 use crate::export::{self, Target};
 use crate::hook::Push;
 use crate::{BuildError, Shared};
+use crate::{cache, dockerfile};
 
 /// The embedded `/cnb` tree: the lifecycle, the shipped buildpacks and their order.
 const CNB_TAR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cnb.tar"));
@@ -99,6 +99,7 @@ async fn build(
     }
 
     // detect + build, inside a container of the build image.
+    let cache_file = cache::path(&shared.config.data_dir, app);
     let registry = RegistryAuth {
         server: shared.config.registry_addr.clone(),
         username: shared.config.registry_user.clone(),
@@ -128,10 +129,15 @@ async fn build(
             (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
             ("slipway.build".to_owned(), app.to_string()),
         ]),
-        uploads: vec![
-            ("/".to_owned(), CNB_TAR.to_vec()),
-            ("/workspace".to_owned(), workspace_tar),
-        ],
+        uploads: [
+            Some(("/".to_owned(), CNB_TAR.to_vec())),
+            Some(("/workspace".to_owned(), workspace_tar)),
+            // The previous build's cache layers, under /cache.
+            cache::load(&cache_file).map(|tar| ("/".to_owned(), tar)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         memory_bytes: shared.config.build_memory_bytes,
         nano_cpus: shared.config.build_nano_cpus,
         timeout: shared.config.build_timeout,
@@ -172,7 +178,7 @@ async fn build(
             username: shared.config.registry_user.clone(),
             token: shared.config.registry_token.clone(),
         };
-        export::export(
+        let exported = export::export(
             &scratch.path().join("root"),
             scratch.path(),
             &target,
@@ -181,7 +187,12 @@ async fn build(
             &push.new,
             &procfile,
         )
-        .await
+        .await?;
+        let (cache_file, layers) = (cache_file.clone(), scratch.path().join("root/layers"));
+        tokio::task::spawn_blocking(move || cache::save(&cache_file, &layers))
+            .await
+            .map_err(|e| BuildError::Export(e.to_string()))?;
+        Ok(exported)
     }
     .await;
     let _ = shared

@@ -10,3 +10,9 @@ use crate::names::AppName;
 pub fn repo_path(data_dir: &Path, app: &AppName) -> PathBuf {
     data_dir.join("repos").join(format!("{app}.git"))
 }
+
+/// The build cache of `app` (the layers its buildpacks keep between builds):
+/// `DATA/cache/<app>.tar`.
+pub fn build_cache_path(data_dir: &Path, app: &AppName) -> PathBuf {
+    data_dir.join("cache").join(format!("{app}.tar"))
+}
