@@ -108,7 +108,15 @@ fn nodejs_app_builds_offline_and_redeploys() {
     commit_all(&p.repo, "howdy");
     let (out, text) = push(&p, "nodeapp");
     assert!(out.status.success(), "{text}\n{}", p.server.log());
-    assert_remote_lines(&text, &["-----> Node.js app detected"]);
+    // node_modules comes back from the build cache, since package.json and the lock did not
+    // change.
+    assert_remote_lines(
+        &text,
+        &[
+            "-----> Node.js app detected",
+            "-----> Reusing node_modules: package.json and package-lock.json unchanged",
+        ],
+    );
     p.server.wait_for_body(
         "nodeapp",
         "node howdy from nodeapp v2 (production)",
