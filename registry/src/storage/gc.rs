@@ -615,4 +615,60 @@ mod tests {
         assert!(exists(&s, &other, &tagged).await);
         assert!(!exists(&s, &app, &new).await);
     }
+
+    /// Pushes and collections at once: whatever a collection with no grace removes, a manifest
+    /// that is visible always has all its blobs, and every push either succeeds or is told its
+    /// blobs are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn collections_never_break_what_pushes_make_visible() {
+        let (_dir, s) = storage();
+        let app = repo("apps/web");
+        let pushes = (0..4).map(|n| {
+            let s = s.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut pushed = Vec::new();
+                for i in 0..25 {
+                    let config = blob(&s, &app, &format!("config {n}")).await;
+                    let layer = blob(&s, &app, &format!("layer {n} {i}")).await;
+                    let bytes = Bytes::from(
+                        json!({
+                            "schemaVersion": 2,
+                            "mediaType": OCI_MANIFEST,
+                            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+                            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+                        })
+                        .to_string(),
+                    );
+                    let digest = Digest::of(Algorithm::Sha256, &bytes);
+                    let inspected = manifest::inspect(None, &bytes).expect("valid");
+                    // Without grace, a collection may take the blobs before the manifest comes:
+                    // then the push is refused, never half stored.
+                    match s.put_manifest(&app, None, &digest, inspected, bytes).await {
+                        Ok(()) => pushed.push((digest, [config, layer])),
+                        Err(StorageError::ManifestBlobUnknown(_)) => {}
+                        Err(e) => panic!("push: {e}"),
+                    }
+                }
+                pushed
+            })
+        });
+        let pushes: Vec<_> = pushes.collect();
+        let mut collections = 0;
+        while collections < 5 || !pushes.iter().all(|p| p.is_finished()) {
+            s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
+            collections += 1;
+        }
+        for push in pushes {
+            for (manifest, blobs) in push.await.expect("push task") {
+                if !exists(&s, &app, &manifest).await {
+                    continue;
+                }
+                for b in blobs {
+                    assert!(has_content(&s, &b).await, "{manifest} lost {b}");
+                    assert!(s.blob_size(&app, &b).await.expect("stat").is_some());
+                }
+            }
+        }
+    }
 }
