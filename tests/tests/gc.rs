@@ -95,6 +95,21 @@ fn gc_collects_images_no_retained_release_needs() {
     assert_eq!(release_image(&server, "gc", 3), kept);
     assert_eq!(manifest_status(&server, &old.0, &old.1), "200");
 
+    // A destroyed app keeps no release, so its image goes too.
+    server.cli_ok(&["apps:create", "gone"]);
+    let push = server.git_push(&app, &key, "gone");
+    assert!(
+        push.status.success(),
+        "{}
+{}",
+        text(&push),
+        server.log()
+    );
+    let gone = release_image(&server, "gone", 1);
+    server.cli_ok(&["apps:destroy", "gone", "--confirm", "gone"]);
+    let mut expected = vec![old.clone(), gone.clone()];
+    expected.sort();
+
     // Only admin collects.
     let created: Value =
         serde_json::from_str(&server.cli_ok(&["--json", "users:add", "bob"])).unwrap();
@@ -103,16 +118,17 @@ fn gc_collects_images_no_retained_release_needs() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("only admin"), "{}", text(&refused));
 
-    // A dry run lists v1's image (retention 1 keeps v3 and v2) and removes nothing.
+    // A dry run lists v1's image (retention 1 keeps v3 and v2) and the destroyed app's, and
+    // removes nothing.
     let dry: Value = serde_json::from_str(&server.cli_ok(&["--json", "registry:gc", "--dry-run"]))
         .expect("a JSON report");
     assert_eq!(dry["dry_run"], true);
-    assert_eq!(collected(&dry), std::slice::from_ref(&old), "{dry}");
+    assert_eq!(collected(&dry), expected, "{dry}");
     assert!(dry["bytes_freed"].as_u64().unwrap() > 0, "{dry}");
     assert_eq!(manifest_status(&server, &old.0, &old.1), "200");
     let table = server.cli_ok(&["registry:gc", "--dry-run"]);
     assert!(
-        table.contains(&old.1) && table.contains("would remove 1 manifests"),
+        table.contains(&old.1) && table.contains("would remove 2 manifests"),
         "{table}"
     );
 
@@ -120,9 +136,10 @@ fn gc_collects_images_no_retained_release_needs() {
     let report: Value =
         serde_json::from_str(&server.cli_ok(&["--json", "registry:gc"])).expect("a JSON report");
     assert_eq!(report["dry_run"], false);
-    assert_eq!(collected(&report), std::slice::from_ref(&old), "{report}");
+    assert_eq!(collected(&report), expected, "{report}");
     assert_eq!(report["bytes_freed"], dry["bytes_freed"]);
     assert_eq!(manifest_status(&server, &old.0, &old.1), "404");
+    assert_eq!(manifest_status(&server, &gone.0, &gone.1), "404");
     assert_eq!(manifest_status(&server, &kept.0, &kept.1), "200");
     for stack in ["stacks/run", "stacks/build"] {
         assert_eq!(
