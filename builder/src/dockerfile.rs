@@ -39,6 +39,22 @@ pub(crate) fn present(source: &Path) -> Result<bool, BuildError> {
     Ok(false)
 }
 
+/// The config var that lists which config vars a Dockerfile build gets as build args
+/// (comma-separated names); without it, none.
+pub(crate) const BUILD_ARGS_VAR: &str = "SLIPWAY_DOCKER_BUILD_ARGS";
+
+/// The build args asked for with [`BUILD_ARGS_VAR`]: those config vars, by name.
+fn build_args(config: &slipway_core::Config) -> HashMap<String, String> {
+    let Some(wanted) = config.get(BUILD_ARGS_VAR) else {
+        return HashMap::new();
+    };
+    wanted
+        .split(',')
+        .map(str::trim)
+        .filter_map(|k| config.get(k).map(|v| (k.to_owned(), v.clone())))
+        .collect()
+}
+
 /// Builds the pushed source through its Dockerfile, streaming the engine's output to the pusher,
 /// and pushes the image to the registry; returns the image by digest
 /// (`<registry>/apps/<app>@sha256:...`). `procfile` only decides what the pusher is told: its
@@ -56,10 +72,15 @@ pub(crate) async fn build(
         .await
         .map_err(|e| BuildError::Receive(format!("reading the pushed source: {e}")))?;
     let tag = format!("{}/apps/{app}:{}", shared.config.registry_addr, push.new);
+    let config = shared
+        .releases
+        .build_config(app)
+        .await
+        .map_err(|e| BuildError::Build(e.to_string()))?;
     let build = ImageBuild {
         context,
         tag: tag.clone(),
-        build_args: HashMap::new(),
+        build_args: build_args(&config),
         labels: HashMap::from([
             (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
             ("slipway.build".to_owned(), app.to_string()),
@@ -136,7 +157,19 @@ fn indent(chunk: &[u8], at_line_start: &mut bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{indent, present};
+    use super::{BUILD_ARGS_VAR, build_args, indent, present};
+
+    #[test]
+    fn build_args_only_when_asked() {
+        let mut config = slipway_core::Config::new();
+        config.insert("SECRET".into(), "s".into());
+        config.insert("VERSION".into(), "7".into());
+        assert!(build_args(&config).is_empty());
+        config.insert(BUILD_ARGS_VAR.into(), "VERSION, MISSING".into());
+        let args = build_args(&config);
+        assert_eq!(args.len(), 1);
+        assert_eq!(args["VERSION"], "7");
+    }
 
     fn archive(files: &[(&str, &str)]) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -100,6 +100,11 @@ async fn build(
 
     // detect + build, inside a container of the build image.
     let cache_file = cache::path(&shared.config.data_dir, app);
+    let config = shared
+        .releases
+        .build_config(app)
+        .await
+        .map_err(|e| BuildError::Build(e.to_string()))?;
     let registry = RegistryAuth {
         server: shared.config.registry_addr.clone(),
         username: shared.config.registry_user.clone(),
@@ -134,6 +139,8 @@ async fn build(
             Some(("/workspace".to_owned(), workspace_tar)),
             // The previous build's cache layers, under /cache.
             cache::load(&cache_file).map(|tar| ("/".to_owned(), tar)),
+            // Config vars as the CNB platform gives them: one file each in /platform/env.
+            Some(("/".to_owned(), platform_env(&config)?)),
         ]
         .into_iter()
         .flatten()
@@ -256,6 +263,34 @@ async fn release(
         .await
         .map_err(|e| BuildError::Deploy(e.to_string()))?;
     Ok(release.version)
+}
+
+/// `/platform/env/<KEY>` files holding the config vars, readable by the stack user only. Their
+/// values are never printed: buildpacks read what they need.
+fn platform_env(config: &slipway_core::Config) -> Result<Vec<u8>, BuildError> {
+    let err =
+        |e: std::io::Error| BuildError::Build(format!("preparing the build environment: {e}"));
+    let mut tar = tar::Builder::new(Vec::new());
+    for (dir, mode) in [("platform", 0o755), ("platform/env", 0o700)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(mode);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        header.set_size(0);
+        tar.append_data(&mut header, dir, std::io::empty())
+            .map_err(err)?;
+    }
+    for (key, value) in config {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o600);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        header.set_size(value.len() as u64);
+        tar.append_data(&mut header, format!("platform/env/{key}"), value.as_bytes())
+            .map_err(err)?;
+    }
+    tar.into_inner().map_err(err)
 }
 
 /// Rewrites the `git archive` tar so every entry belongs to the stack user (1000:1000), and

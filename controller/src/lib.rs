@@ -440,6 +440,16 @@ impl Releases for Controller {
         .map_err(port)
     }
 
+    async fn build_config(&self, app: &AppName) -> Result<slipway_core::Config, PortError> {
+        Ok(self
+            .db
+            .current_release(app)
+            .await
+            .map_err(port)?
+            .map(|r| r.config)
+            .unwrap_or_default())
+    }
+
     fn log_build(&self, app: &AppName, text: &str) {
         self.logs.append(app, "build", None, text);
     }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use crate::names::{AppName, Fingerprint, UserName};
-use crate::release::{ProcessTypes, Release};
+use crate::release::{Config, ProcessTypes, Release};
 
 /// A failure inside the controller while answering (a database error, say). The message is for
 /// logs and for the user; it never carries secrets.
@@ -67,6 +67,10 @@ pub struct BuiltImage {
 pub trait Releases: Send + Sync + 'static {
     /// Records a new release for a built image and asks for it to be deployed.
     async fn release_build(&self, built: BuiltImage) -> Result<Release, PortError>;
+
+    /// The app's config vars as a build sees them: files under `/platform/env` for buildpacks,
+    /// and the build args a Dockerfile build was asked to get.
+    async fn build_config(&self, app: &AppName) -> Result<Config, PortError>;
 
     /// Appends build output (one or more lines) to the app's log, where `slipway logs` shows it.
     fn log_build(&self, app: &AppName, text: &str);

@@ -48,14 +48,18 @@ fn spec_buildpacks_classic_buildpacks_and_reproducible_images() {
     );
     let first = image_digest(&server, "cnbapp");
 
-    // The cache layer comes back on the next build.
+    // The cache layer comes back on the next build, and config vars reach the buildpacks as
+    // files in the platform directory, their values unprinted.
+    server.cli_ok(&["config:set", "-a", "cnbapp", "BUILD_MESSAGE=value-9c1d"]);
     std::fs::write(app.join("README"), "a change\n").unwrap();
     commit_all(&app, "change");
     let out = push_ok(&server, &app, &key, "cnbapp");
     assert!(out.contains("reusing the cached tool layer"), "{out}");
+    assert!(out.contains("platform env: BUILD_MESSAGE"), "{out}");
+    assert!(!out.contains("value-9c1d"), "{out}");
     server.wait_for_body(
         "cnbapp",
-        "loud hello from cnbapp v2",
+        "loud hello from cnbapp v3",
         Duration::from_secs(60),
     );
 
