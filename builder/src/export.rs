@@ -303,9 +303,30 @@ pub async fn export(
         ..Default::default()
     });
     let auth = RegistryAuth::Basic(target.username.clone(), target.token.clone());
-    let run_ref: Reference = format!("{}/{run_image}", target.registry)
+    // The run image: a repository in Slipway's registry, or any image another registry serves
+    // to anyone (its layers are then copied in).
+    let external = crate::registry_host(run_image).is_some();
+    let run_ref: Reference = crate::in_registry(&target.registry, run_image)
         .parse()
         .map_err(|e| BuildError::Export(format!("run image reference: {e}")))?;
+    let (source, source_auth) = if external {
+        let host = run_ref.resolve_registry().to_owned();
+        let loopback = ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .any(|l| host == *l || host.starts_with(&format!("{l}:")));
+        let protocol = if loopback {
+            ClientProtocol::HttpsExcept(vec![host])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            ..Default::default()
+        };
+        (Client::new(config), RegistryAuth::Anonymous)
+    } else {
+        (client.clone(), auth.clone())
+    };
     let app_ref: Reference = format!("{}/apps/{app}:{tag}", target.registry)
         .parse()
         .map_err(|e| BuildError::Export(format!("image reference: {e}")))?;
@@ -313,10 +334,17 @@ pub async fn export(
         .auth(&app_ref, &auth, RegistryOperation::Push)
         .await
         .map_err(reg_err("logging in to the registry"))?;
-    let (run_manifest, _, run_config) = client
-        .pull_manifest_and_config(&run_ref, &auth)
+    let (run_manifest, _, run_config) = source
+        .pull_manifest_and_config(&run_ref, &source_auth)
         .await
-        .map_err(|e| BuildError::Export(format!("run image {run_image} is not in the registry ({e}); push the stacks with stacks/push.sh")))?;
+        .map_err(|e| {
+            let hint = if external {
+                "check the name and that its registry serves it without a login"
+            } else {
+                "push the stacks with stacks/push.sh"
+            };
+            BuildError::Export(format!("run image {run_image}: {e}; {hint}"))
+        })?;
 
     // Buildpack layers marked launch=true, then the app: sorted, so the order is stable.
     let (layers_dir, root_owned) = (root.join("layers"), root.to_owned());
@@ -350,16 +378,35 @@ pub async fn export(
 
     // Run image layers: mount them into the app's repository (free when the registry has them).
     for layer in &run_manifest.layers {
-        if !client
+        if client
             .blob_exists(&app_ref, &layer.digest)
             .await
             .unwrap_or(false)
         {
+            continue;
+        }
+        if !external {
             client
                 .mount_blob(&app_ref, &run_ref, &layer.digest)
                 .await
                 .map_err(reg_err("mounting a run image layer"))?;
+            continue;
         }
+        // Streamed from the other registry into ours; the digest is checked on our side.
+        let blob = source
+            .pull_blob_stream(&run_ref, layer)
+            .await
+            .map_err(reg_err("fetching a run image layer"))?;
+        let stream = blob.stream.map(|r| {
+            r.map_err(|e| {
+                oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
+            })
+        });
+        let size = u64::try_from(layer.size).ok();
+        client
+            .push_blob_stream(&app_ref, stream, &layer.digest, size)
+            .await
+            .map_err(reg_err("copying a run image layer"))?;
     }
     let mut uploaded = 0;
     for layer in &built {

@@ -78,9 +78,11 @@ pub struct BuilderConfig {
     pub instance_id: String,
     /// Apps are served at `<app>.<domain>`; shown to the pusher.
     pub domain: String,
-    /// The build image's repository and tag in the registry.
+    /// The build image: a repository and tag in Slipway's registry, or a reference to any
+    /// image the container engine can pull.
     pub build_image: String,
-    /// The run image's repository and tag in the registry.
+    /// The run image: a repository and tag in Slipway's registry, or a reference to an image
+    /// another registry serves without a login (its layers are copied in).
     pub run_image: String,
     /// The program the pre-receive hook runs (`slipway`), with `hook pre-receive`.
     pub hook_program: PathBuf,
@@ -169,4 +171,40 @@ pub async fn start(
         build_locks: Mutex::default(),
     });
     ssh::serve(shared).await
+}
+
+/// The registry host an image reference names (`ghcr.io/x/y:1` gives `ghcr.io`), or `None` for a
+/// repository in Slipway's own registry (`stacks/run:bookworm`).
+pub(crate) fn registry_host(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains(['.', ':']) || first == "localhost").then_some(first)
+}
+
+/// `image` as the engine pulls it: as it is when it names a registry, else in `registry`.
+pub(crate) fn in_registry(registry: &str, image: &str) -> String {
+    match registry_host(image) {
+        Some(_) => image.to_owned(),
+        None => format!("{registry}/{image}"),
+    }
+}
+
+#[cfg(test)]
+mod image_names {
+    use super::*;
+
+    #[test]
+    fn own_registry_or_another() {
+        assert_eq!(registry_host("stacks/run:bookworm"), None);
+        assert_eq!(registry_host("debian:bookworm"), None);
+        assert_eq!(registry_host("ghcr.io/x/run:1"), Some("ghcr.io"));
+        assert_eq!(registry_host("127.0.0.1:5001/run"), Some("127.0.0.1:5001"));
+        assert_eq!(
+            in_registry("127.0.0.1:5000", "stacks/build:bookworm"),
+            "127.0.0.1:5000/stacks/build:bookworm"
+        );
+        assert_eq!(
+            in_registry("127.0.0.1:5000", "ghcr.io/x/b:1"),
+            "ghcr.io/x/b:1"
+        );
+    }
 }

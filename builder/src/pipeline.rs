@@ -110,10 +110,7 @@ async fn build(
         username: shared.config.registry_user.clone(),
         password: shared.config.registry_token.clone(),
     };
-    let build_image = format!(
-        "{}/{}",
-        shared.config.registry_addr, shared.config.build_image
-    );
+    let build_image = crate::in_registry(&shared.config.registry_addr, &shared.config.build_image);
     shared
         .engine
         .pull(&build_image, &registry)

@@ -21,6 +21,13 @@ pub(crate) const RETAIN_RELEASES: &str = "SLIPWAY_RETAIN_RELEASES";
 /// How old (seconds) a manifest, blob link or blob must be before registry garbage collection
 /// may remove it (default 3600), so pushes in progress are spared.
 pub(crate) const REGISTRY_GC_GRACE_SECS: &str = "SLIPWAY_REGISTRY_GC_GRACE_SECS";
+/// The build image: a repository in Slipway's registry (default `stacks/build:bookworm`) or any
+/// image reference with a registry host.
+pub(crate) const BUILD_IMAGE: &str = "SLIPWAY_BUILD_IMAGE";
+/// The run image apps are built on (default `stacks/run:bookworm`), the same way.
+pub(crate) const RUN_IMAGE: &str = "SLIPWAY_RUN_IMAGE";
+/// Seconds a build may run before it is stopped and the push rejected (default 900).
+pub(crate) const BUILD_TIMEOUT_SECS: &str = "SLIPWAY_BUILD_TIMEOUT_SECS";
 /// The API URL the client commands talk to (default `http://127.0.0.1:7700`).
 pub(crate) const URL: &str = "SLIPWAY_URL";
 /// The API token the client commands send.

@@ -33,6 +33,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; the server's settings are the big variant"
+)]
 enum Command {
     /// Run every part of Slipway in this process.
     Server {
@@ -63,6 +67,17 @@ enum Command {
         /// Seconds a registry object must have existed before registry:gc may remove it.
         #[arg(long, env = env::REGISTRY_GC_GRACE_SECS, default_value_t = slipway_registry::DEFAULT_GC_GRACE.as_secs())]
         registry_gc_grace_secs: u64,
+        /// The build image: a repository in Slipway's registry, or any image with its registry
+        /// host (`ghcr.io/org/build:1`).
+        #[arg(long, env = env::BUILD_IMAGE, default_value = "stacks/build:bookworm")]
+        build_image: String,
+        /// The run image apps are built on, the same way; one from another registry must be
+        /// readable without a login.
+        #[arg(long, env = env::RUN_IMAGE, default_value = "stacks/run:bookworm")]
+        run_image: String,
+        /// Seconds a build may run before the push is rejected.
+        #[arg(long, env = env::BUILD_TIMEOUT_SECS, default_value_t = 900)]
+        build_timeout_secs: u64,
     },
     /// List your SSH keys.
     Keys,
@@ -331,6 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             retain_releases,
             registry_gc_grace_secs,
+            build_image,
+            run_image,
+            build_timeout_secs,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -348,6 +366,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 database_url: database_url.clone(),
                 retain_releases: *retain_releases,
                 registry_gc_grace: std::time::Duration::from_secs(*registry_gc_grace_secs),
+                build_image: build_image.clone(),
+                run_image: run_image.clone(),
+                build_timeout: std::time::Duration::from_secs(*build_timeout_secs),
             })
             .await
         }

@@ -23,6 +23,9 @@ pub(crate) struct ServerArgs {
     pub(crate) http_addr: SocketAddr,
     pub(crate) database_url: Option<String>,
     pub(crate) retain_releases: usize,
+    pub(crate) build_image: String,
+    pub(crate) run_image: String,
+    pub(crate) build_timeout: std::time::Duration,
     pub(crate) registry_gc_grace: std::time::Duration,
 }
 
@@ -135,6 +138,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     builder.registry_token = token;
     builder.instance_id = instance.clone();
     builder.domain = args.domain.clone();
+    builder.build_image = args.build_image.clone();
+    builder.run_image = args.run_image.clone();
+    builder.build_timeout = args.build_timeout;
     builder.hook_program = std::env::current_exe().context("locating the slipway binary")?;
     let ssh_addr = slipway_builder::start(builder, controller.clone(), controller.clone(), engine)
         .await
