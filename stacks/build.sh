@@ -3,11 +3,14 @@
 # into the local Docker Engine:
 #   slipway/stack-run:bookworm    what apps run on: python3, nodejs, ca-certificates
 #   slipway/stack-build:bookworm  what buildpacks run in: the run image plus venv, pip, npm, git
+#                                 and Go (the run image has no Go: a Go app is a static binary)
 # Both images have the user `slipway` (uid/gid 1000) that builds and apps run as.
 # `stacks/push.sh` then copies them into a Slipway registry.
 #
-# Images already present are kept unless FORCE=1. Downloaded .debs are cached in
-# $SLIPWAY_CACHE/debootstrap (default /var/cache/slipway) so a rebuild needs no network.
+# An image already present is kept while its label slipway.stack.packages (a digest of the suite
+# and the package lists it was built from) matches this script's lists; an image from an older
+# list, or with no label, is rebuilt, and FORCE=1 rebuilds both. Downloaded .debs are cached in
+# $SLIPWAY_CACHE/debootstrap (default /var/cache/slipway) so a rebuild needs little network.
 set -euo pipefail
 
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -17,16 +20,25 @@ CACHE=${SLIPWAY_CACHE:-/var/cache/slipway}
 EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
 RUN_PACKAGES=python3,nodejs,ca-certificates,tzdata
-BUILD_PACKAGES=$RUN_PACKAGES,python3-venv,python3-pip,git,curl
+# golang-go is Debian's Go toolchain (1.19 in bookworm); it depends only on its own source
+# package and libc, so debootstrap installs it (and caches its .debs) without apt.
+BUILD_PACKAGES=$RUN_PACKAGES,python3-venv,python3-pip,git,curl,golang-go
 # npm pulls ~300 node-* packages whose configure order debootstrap gets wrong; apt installs it
 # inside the finished rootfs instead.
 BUILD_APT_EXTRA=npm
 
 build_image() {
   local name=$1 packages=$2 extra=${3:-} tag="slipway/stack-$1:$SUITE"
-  if [ "${FORCE:-0}" != 1 ] && docker image inspect "$tag" >/dev/null 2>&1; then
+  local want have
+  want=$(printf '%s\n' "$SUITE" "$packages" "$extra" | sha256sum | cut -d ' ' -f 1)
+  have=$(docker image inspect --format '{{ index .Config.Labels "slipway.stack.packages" }}' \
+    "$tag" 2>/dev/null || true)
+  if [ "${FORCE:-0}" != 1 ] && [ "$have" = "$want" ]; then
     echo "-----> $tag already present"
     return
+  fi
+  if [ -n "$have" ] && [ "${FORCE:-0}" != 1 ]; then
+    echo "-----> $tag was built from other packages; rebuilding"
   fi
   echo "-----> building $tag from Debian $SUITE packages"
   local root; root=$(mktemp -d "${TMPDIR:-/tmp}/slipway-stack-$name.XXXXXX")
@@ -61,6 +73,7 @@ build_image() {
         --change 'USER 1000:1000' \
         --change 'WORKDIR /workspace' \
         --change 'CMD ["/bin/sh"]' \
+        --change "LABEL slipway.stack.packages=$want" \
         - "$tag" >/dev/null
   rm -rf "$root" "$root.log"
   echo "-----> $tag built"
