@@ -35,6 +35,9 @@ pub enum RequestError {
     /// No credentials, or credentials that name no user.
     #[error("authentication required: use HTTP Basic with a Slipway user name and API token")]
     Unauthorized,
+    /// Authenticated, but this user may not do that to this repository.
+    #[error("{0}")]
+    Denied(String),
     /// A path under `/v2/` that is no Distribution endpoint.
     #[error("no such registry endpoint")]
     NoSuchEndpoint,
@@ -127,14 +130,20 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 }
 
 async fn dispatch(shared: &Shared, request: Request) -> Result<Response, RegistryError> {
-    // Every authenticated user may pull and push every repository for now; per-repository
-    // scopes come with issue #4.
-    let _user = auth::authenticate(shared.identity.as_ref(), request.headers()).await?;
+    let user = auth::authenticate(shared.identity.as_ref(), request.headers()).await?;
     let (parts, body) = request.into_parts();
     let route = route::parse(parts.uri.path())?.ok_or(RequestError::NoSuchEndpoint)?;
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map_err(|e| RequestError::Query(e.body_text()))?
         .0;
+    auth::authorize(
+        shared.identity.as_ref(),
+        &user,
+        &route,
+        &parts.method,
+        &query,
+    )
+    .await?;
     let storage = &shared.storage;
     let method = &parts.method;
     let headers = &parts.headers;

@@ -53,6 +53,7 @@ enum Code {
     NameUnknown,
     SizeInvalid,
     Unauthorized,
+    Denied,
     Unsupported,
 }
 
@@ -70,6 +71,7 @@ impl Code {
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::SizeInvalid => "SIZE_INVALID",
             Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
         }
     }
@@ -137,6 +139,7 @@ impl RegistryError {
             },
             RegistryError::Request(e) => match e {
                 RequestError::Unauthorized => answer(S::UNAUTHORIZED, Code::Unauthorized),
+                RequestError::Denied(_) => answer(S::FORBIDDEN, Code::Denied),
                 RequestError::NoSuchEndpoint => answer(S::NOT_FOUND, Code::Unsupported),
                 RequestError::MethodNotAllowed { .. } => {
                     answer(S::METHOD_NOT_ALLOWED, Code::Unsupported)

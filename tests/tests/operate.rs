@@ -180,6 +180,38 @@ fn operate_a_deployed_app() {
     let denied = bob(&["users:add", "eve"]);
     assert!(text(&denied).contains("only admin"), "{}", text(&denied));
 
+    // In the registry too, bob reaches the stacks but not admin's app, and pushes no stacks.
+    let skopeo = |args: &[&str]| {
+        slipway_tests::run(std::process::Command::new("skopeo").args(args).args([
+            "--tls-verify=false",
+            "--creds",
+            &format!("bob:{bob_token}"),
+        ]))
+    };
+    let registry = format!("docker://127.0.0.1:{}", server.registry);
+    let stack = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("{registry}/stacks/run:bookworm"),
+    ]);
+    assert!(stack.status.success(), "{}", text(&stack));
+    let theirs = skopeo(&["inspect", "--raw", &format!("{registry}/apps/ops:latest")]);
+    assert!(!theirs.status.success());
+    assert!(text(&theirs).contains("denied"), "{}", text(&theirs));
+    let overwrite = slipway_tests::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        &format!("bob:{bob_token}"),
+        "--dest-creds",
+        &format!("bob:{bob_token}"),
+        &format!("{registry}/stacks/run:bookworm"),
+        &format!("{registry}/stacks/run:bob"),
+    ]));
+    assert!(text(&overwrite).contains("denied"), "{}", text(&overwrite));
+    assert!(!overwrite.status.success(), "{}", text(&overwrite));
+
     // As a collaborator, bob can operate the app but not destroy it.
     server.cli_ok(&["access:add", "-a", "ops", "bob"]);
     assert!(server.cli_ok(&["access", "-a", "ops"]).contains("bob"));
