@@ -195,3 +195,55 @@ fn procfile_app_runs_its_commands() {
         Duration::from_secs(60),
     );
 }
+
+#[test]
+fn python_dependencies_are_cached_while_requirements_are_unchanged() {
+    let p = push_fixture("pydeps", "python-deps-app");
+    assert_remote_lines(
+        &p.out,
+        &[
+            "-----> Python app detected",
+            "-----> Installing requirements with pip",
+        ],
+    );
+    p.server
+        .wait_for_body("pydeps", "hello from pydeps v1", Duration::from_secs(60));
+
+    // A code change reuses the installed dependencies.
+    edit(&p.repo.join("app.py"), "hello", "howdy");
+    commit_all(&p.repo, "code only");
+    let (out, text) = push(&p, "pydeps");
+    assert!(out.status.success(), "{text}");
+    assert_remote_lines(
+        &text,
+        &["-----> Reusing the virtualenv: requirements.txt unchanged"],
+    );
+    assert!(!text.contains("Installing requirements"), "{text}");
+    p.server
+        .wait_for_body("pydeps", "howdy from pydeps v2", Duration::from_secs(60));
+    let imported = p.server.cli(&[
+        "run",
+        "-a",
+        "pydeps",
+        "--",
+        "python3",
+        "-c",
+        "'import slipwaydep; print(slipwaydep.GREETING_SUFFIX)'",
+    ]);
+    assert!(
+        slipway_tests::text(&imported).contains("with deps"),
+        "{}",
+        slipway_tests::text(&imported)
+    );
+
+    // A changed requirements.txt installs afresh.
+    edit(
+        &p.repo.join("requirements.txt"),
+        "./wheels",
+        "# pinned\n./wheels",
+    );
+    commit_all(&p.repo, "requirements");
+    let (out, text) = push(&p, "pydeps");
+    assert!(out.status.success(), "{text}");
+    assert_remote_lines(&text, &["-----> Installing requirements with pip"]);
+}
