@@ -35,13 +35,22 @@ pub fn slipway_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same one twice in this process (tests run in
+/// parallel threads, and a port just released is the next one the kernel hands out).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs a command, returning its output; panics only if it cannot start.
@@ -151,13 +160,31 @@ impl Server {
                 .collect(),
             child: None,
         };
-        server.spawn();
+        // A free port can be taken by someone else before the server binds it (an outgoing
+        // connection's port, say): then start again on other ports.
+        for attempt in 1.. {
+            match server.try_spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    (server.api, server.ssh) = (free_port(), free_port());
+                    (server.registry, server.http) = (free_port(), free_port());
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         server
     }
 
     /// Starts `slipway server` on this fixture's ports and data directory, and waits until its
     /// API answers.
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("{log}");
+        }
+    }
+
+    /// [`Server::spawn`], returning why the server did not start.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -191,16 +218,18 @@ impl Server {
                 && std::net::TcpStream::connect(("127.0.0.1", self.api)).is_ok()
             {
                 self.token = t.trim().to_owned();
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("slipway server exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!(
+                    "slipway server exited with {status}:\n{}",
+                    self.log()
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not start:\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("server did not start:\n{}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
