@@ -449,7 +449,8 @@ fn git(repo: &Path, args: &[&str]) {
     assert!(out.status.success(), "git {args:?}: {}", text(&out));
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies the directory `from` into `to` (created if missing), recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

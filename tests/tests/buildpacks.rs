@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Server, commit_all, git_repo, repo_root, run, text};
+use slipway_tests::{Server, commit_all, copy_dir, git_repo, repo_root, run, text};
 
 /// A server with the stacks pushed, a key, and `app` created from `fixture`, pushed once.
 struct Pushed {
@@ -20,16 +20,21 @@ struct Pushed {
 }
 
 fn push_fixture(app: &str, fixture: &str) -> Pushed {
+    push_fixtures(app, &[fixture])
+}
+
+/// Like [`push_fixture`], with the app made of `fixtures` copied over one another in order.
+fn push_fixtures(app: &str, fixtures: &[&str]) -> Pushed {
     let server = Server::start();
     server.push_stacks();
     let key = server.keygen("bp-key");
     server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
     server.cli_ok(&["apps:create", app]);
-    let repo = git_repo(
-        server.dir.path(),
-        app,
-        &repo_root().join("tests/fixtures").join(fixture),
-    );
+    let source = server.dir.path().join(format!("{app}-source"));
+    for fixture in fixtures {
+        copy_dir(&repo_root().join("tests/fixtures").join(fixture), &source);
+    }
+    let repo = git_repo(server.dir.path(), app, &source);
     let push = server.git_push(&repo, &key, app);
     let out = text(&push);
     assert!(
@@ -198,7 +203,8 @@ fn procfile_app_runs_its_commands() {
 
 #[test]
 fn python_dependencies_are_cached_while_requirements_are_unchanged() {
-    let p = push_fixture("pydeps", "python-deps-app");
+    // The Python test app, with a requirements.txt naming a vendored wheel.
+    let p = push_fixtures("pydeps", &["python-app", "python-deps-app"]);
     assert_remote_lines(
         &p.out,
         &[
