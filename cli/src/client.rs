@@ -642,25 +642,8 @@ pub(crate) async fn run(api: &Api, app: &str, command: &[String]) -> Result<i32>
 
 /// `512M`, `1G`, `1.5G`, `256K` or plain bytes, in powers of 1024.
 fn parse_memory(v: &str) -> Result<i64> {
-    let v = v.trim();
-    let (number, unit) = match v.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => v.split_at(i),
-        None => (v, ""),
-    };
-    let scale: f64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1.0,
-        "K" => 1024.0,
-        "M" => 1024.0 * 1024.0,
-        "G" => 1024.0 * 1024.0 * 1024.0,
-        _ => bail!("{v:?}: use a size such as 512M or 1G"),
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| anyhow!("{v:?}: use a size such as 512M or 1G"))?;
-    if !n.is_finite() || n <= 0.0 {
-        bail!("{v:?}: use a size such as 512M or 1G");
-    }
-    Ok((n * scale) as i64)
+    let bytes = slipway_core::release::parse_size(v).map_err(|e| anyhow!(e))?;
+    i64::try_from(bytes).map_err(|_| anyhow!("{v:?}: use a size such as 512M or 1G"))
 }
 
 /// `1.5` CPUs or `500m` millicores, as billionths of a CPU.

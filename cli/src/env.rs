@@ -28,6 +28,10 @@ pub(crate) const BUILD_IMAGE: &str = "SLIPWAY_BUILD_IMAGE";
 pub(crate) const RUN_IMAGE: &str = "SLIPWAY_RUN_IMAGE";
 /// Seconds a build may run before it is stopped and the push rejected (default 900).
 pub(crate) const BUILD_TIMEOUT_SECS: &str = "SLIPWAY_BUILD_TIMEOUT_SECS";
+/// Seconds the router waits for an instance to accept a connection (default 5).
+pub(crate) const ROUTER_CONNECT_TIMEOUT_SECS: &str = "SLIPWAY_ROUTER_CONNECT_TIMEOUT_SECS";
+/// Seconds an instance may stay silent before the router answers 504 (default 30).
+pub(crate) const ROUTER_READ_TIMEOUT_SECS: &str = "SLIPWAY_ROUTER_READ_TIMEOUT_SECS";
 /// The API URL the client commands talk to (default `http://127.0.0.1:7700`).
 pub(crate) const URL: &str = "SLIPWAY_URL";
 /// The API token the client commands send.

@@ -78,6 +78,14 @@ enum Command {
         /// Seconds a build may run before the push is rejected.
         #[arg(long, env = env::BUILD_TIMEOUT_SECS, default_value_t = 900)]
         build_timeout_secs: u64,
+        /// Seconds the router waits for an instance to accept a connection (then 502).
+        #[arg(long, env = env::ROUTER_CONNECT_TIMEOUT_SECS, default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        router_connect_timeout_secs: u64,
+        /// Seconds an instance may stay silent, before its first byte and between reads (then 504).
+        #[arg(long, env = env::ROUTER_READ_TIMEOUT_SECS, default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        router_read_timeout_secs: u64,
     },
     /// List your SSH keys.
     Keys,
@@ -349,6 +357,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             build_image,
             run_image,
             build_timeout_secs,
+            router_connect_timeout_secs,
+            router_read_timeout_secs,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -369,6 +379,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 build_image: build_image.clone(),
                 run_image: run_image.clone(),
                 build_timeout: std::time::Duration::from_secs(*build_timeout_secs),
+                router_limits: slipway_router::RouterLimits {
+                    connect_timeout: std::time::Duration::from_secs(*router_connect_timeout_secs),
+                    read_timeout: std::time::Duration::from_secs(*router_read_timeout_secs),
+                    ..Default::default()
+                },
             })
             .await
         }

@@ -26,6 +26,7 @@ pub(crate) struct ServerArgs {
     pub(crate) build_image: String,
     pub(crate) run_image: String,
     pub(crate) build_timeout: std::time::Duration,
+    pub(crate) router_limits: slipway_router::RouterLimits,
     pub(crate) registry_gc_grace: std::time::Duration,
 }
 
@@ -150,6 +151,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         RouterConfig {
             listen: args.http_addr,
             threads: 2,
+            limits: args.router_limits,
         },
         routes,
     )

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use slipway_core::release::is_config_key;
+use slipway_core::release::{MAX_BODY_SIZE_VAR, is_config_key, parse_size};
 use slipway_core::{AppName, Fingerprint, Release, UserName, keys};
 
 use crate::db::{AppRow, Limits, NewRelease, ReleaseStatus};
@@ -58,6 +58,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/users", post(create_user))
         .route("/v1/tokens", post(create_token))
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ControllerError::NotFound("no such API path".into()) })
         .method_not_allowed_fallback(|| async { ControllerError::MethodNotAllowed })
         .with_state(controller)
@@ -376,6 +377,13 @@ async fn patch_config(
             Release::RESERVED_VARS.join(", ")
         )));
     }
+    if let Some(Some(size)) = changes.get(MAX_BODY_SIZE_VAR)
+        && let Err(e) = parse_size(size)
+    {
+        return Err(ControllerError::BadRequest(format!(
+            "{MAX_BODY_SIZE_VAR}={e}"
+        )));
+    }
     let (set, unset): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, v)| v.is_some());
     let mut description = Vec::new();
     if !set.is_empty() {
@@ -597,10 +605,18 @@ async fn add_domain(
 ) -> Result<StatusCode> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
     let host = body.host.trim().trim_end_matches('.').to_ascii_lowercase();
-    if !valid_host(&host) {
+    // `*.example.com` routes every name under example.com that no exact domain claims.
+    let named = host.strip_prefix("*.").unwrap_or(&host);
+    if !valid_host(named) || (named != host && named.split('.').count() < 2) {
         return Err(ControllerError::BadRequest(format!(
-            "invalid domain {:?}: use a DNS name such as www.example.com",
+            "invalid domain {:?}: use a DNS name such as www.example.com, or *.example.com for every name under example.com",
             body.host
+        )));
+    }
+    let platform = ctl.domain();
+    if named != host && (platform == named || platform.ends_with(&format!(".{named}"))) {
+        return Err(ControllerError::BadRequest(format!(
+            "{host} would cover the platform's own domain {platform}, where apps get <app>.{platform}"
         )));
     }
     if host.ends_with(&format!(".{}", ctl.domain())) {
@@ -1300,6 +1316,26 @@ async fn registry_gc(
     }
     let dry_run = body.is_some_and(|Json(b)| b.dry_run);
     Ok(Json(ctl.collect_registry(&caller.0, dry_run).await?))
+}
+
+/// `GET /metrics`: the router's per-app counters in the Prometheus text format, for admin (a
+/// Prometheus scrape job sends the token as a bearer credential).
+async fn metrics(
+    State(ctl): Ctl,
+    caller: Caller,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String)> {
+    if caller.0.as_str() != "admin" {
+        return Err(ControllerError::Forbidden(
+            "only admin can read the metrics".into(),
+        ));
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctl.router_metrics(),
+    ))
 }
 
 /// This API's OpenAPI 3.1 document, kept beside the crate and checked against [`router`] by a

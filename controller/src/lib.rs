@@ -69,6 +69,8 @@ pub struct Controller {
     system_token: String,
     /// Garbage collection of Slipway's own registry, attached once the registry runs.
     registry_gc: OnceLock<Arc<dyn RegistryGc>>,
+    /// The route table the reconciler publishes; its per-app counters are `GET /metrics`.
+    routes: Routes,
 }
 
 /// What the first start created.
@@ -125,7 +127,7 @@ impl Controller {
         let reconciler = Reconciler::spawn(
             db.clone(),
             engine.clone(),
-            routes,
+            routes.clone(),
             logs.clone(),
             crashes.clone(),
             ReconcilerConfig {
@@ -150,6 +152,7 @@ impl Controller {
             crashes,
             system_token,
             registry_gc: OnceLock::new(),
+            routes,
         });
         Ok((controller, first))
     }
@@ -158,6 +161,11 @@ impl Controller {
     /// builder's pushes and the engine's pulls.
     pub fn system_credentials(&self) -> (String, String) {
         ("admin".to_owned(), self.system_token.clone())
+    }
+
+    /// The router's per-app request counters, in the Prometheus text format.
+    pub fn router_metrics(&self) -> String {
+        self.routes.snapshot().prometheus()
     }
 
     /// Attaches the registry's garbage collection, which `POST /v1/registry/gc` runs. The

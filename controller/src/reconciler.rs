@@ -88,6 +88,8 @@ struct Served {
     backends: Vec<SocketAddr>,
     /// Maintenance mode: the router answers 503 instead.
     maintenance: bool,
+    /// The request body limit of the serving release (`SLIPWAY_MAX_BODY_SIZE`).
+    max_body: Option<u64>,
 }
 
 /// Settings of the reconciler.
@@ -373,7 +375,7 @@ impl Reconciler {
         let Some((release, status)) = target else {
             // Destroyed, or nothing built yet: nothing may run.
             let route = if exists {
-                Some(self.served(app, Vec::new()).await?)
+                Some(self.served(app, Vec::new(), None).await?)
             } else {
                 None
             };
@@ -483,7 +485,7 @@ impl Reconciler {
                 backends = have.iter().filter_map(backend_addr).collect();
             }
         }
-        let route = self.served(app, backends).await?;
+        let route = self.served(app, backends, release.max_body_size()).await?;
         self.set_route(app, Some(route));
         if status == ReleaseStatus::Pending {
             self.db
@@ -503,8 +505,13 @@ impl Reconciler {
     }
 
     /// How to serve `app` with `backends`: its host names (`<app>.<domain>` and its custom
-    /// domains) and whether it is in maintenance mode.
-    async fn served(&self, app: &AppName, backends: Vec<SocketAddr>) -> Result<Served, String> {
+    /// domains), whether it is in maintenance mode, and its request body limit.
+    async fn served(
+        &self,
+        app: &AppName,
+        backends: Vec<SocketAddr>,
+        max_body: Option<u64>,
+    ) -> Result<Served, String> {
         let mut hosts = vec![format!("{app}.{}", self.config.domain)];
         hosts.extend(self.db.domains(app).await.map_err(|e| e.to_string())?);
         let maintenance = self.db.maintenance(app).await.map_err(|e| e.to_string())?;
@@ -512,6 +519,7 @@ impl Reconciler {
             hosts,
             backends,
             maintenance,
+            max_body,
         })
     }
 
@@ -705,7 +713,8 @@ impl Reconciler {
                 table.insert(
                     served.hosts.clone(),
                     AppRoute::new(app.clone(), served.backends.clone())
-                        .with_maintenance(served.maintenance),
+                        .with_maintenance(served.maintenance)
+                        .with_max_body(served.max_body),
                 );
             }
             self.routes.publish(table);

@@ -57,3 +57,57 @@ pub fn is_config_key(key: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
         && !Release::RESERVED_VARS.contains(&key)
 }
+
+/// The config var that caps the size of request bodies the router forwards to the app, as a
+/// size such as `10M` ([`parse_size`]). Unset means no limit.
+pub const MAX_BODY_SIZE_VAR: &str = "SLIPWAY_MAX_BODY_SIZE";
+
+impl Release {
+    /// The request body limit set with [`MAX_BODY_SIZE_VAR`], if any. A value the controller
+    /// would have refused counts as unset.
+    pub fn max_body_size(&self) -> Option<u64> {
+        self.config
+            .get(MAX_BODY_SIZE_VAR)
+            .and_then(|v| parse_size(v).ok())
+    }
+}
+
+/// A size in bytes: `512M`, `1G`, `1.5G`, `256K`, `10MB`, `10MiB` or plain bytes, in powers of
+/// 1024. Refuses zero, negative and unknown units with a message that shows the right form.
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let bad = || format!("{v:?}: use a size such as 512M or 1G");
+    let v = v.trim();
+    let (number, unit) = match v.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => v.split_at(i),
+        None => (v, ""),
+    };
+    let scale: f64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n <= 0.0 || n * scale > u64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    Ok((n * scale) as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("1K"), Ok(1024));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("10mib"), Ok(10 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        for bad in ["", "0", "-1M", "ten", "5X", "NaNM", "1e300G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

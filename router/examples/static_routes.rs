@@ -29,8 +29,15 @@ fn main() {
     let routes = Routes::default();
     routes.publish(table);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let router = slipway_router::start(RouterConfig { listen, threads }, routes)
-        .unwrap_or_else(|e| panic!("starting the router: {e}"));
+    let router = slipway_router::start(
+        RouterConfig {
+            listen,
+            threads,
+            ..RouterConfig::default()
+        },
+        routes,
+    )
+    .unwrap_or_else(|e| panic!("starting the router: {e}"));
     println!("router listening on {}", router.local_addr());
     // Block until Ctrl-C; the router itself never takes signals.
     let (tx, rx) = std::sync::mpsc::channel();

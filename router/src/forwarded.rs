@@ -21,6 +21,10 @@ pub(crate) const X_FORWARDED_PORT: &str = "X-Forwarded-Port";
 /// Correlates the client's request, the app's logs and the router's logs.
 pub(crate) const X_REQUEST_ID: &str = "X-Request-Id";
 
+/// When the router received the request, in milliseconds since the Unix epoch, as Heroku's
+/// router sends it: apps measure their queueing time with it.
+pub(crate) const X_REQUEST_START: &str = "X-Request-Start";
+
 /// The longest request id kept from a client.
 const MAX_REQUEST_ID_LEN: usize = 200;
 
@@ -39,6 +43,36 @@ pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
     };
     let host = host.rsplit('@').next().unwrap_or(host).trim();
     (!host.is_empty()).then_some(host)
+}
+
+/// The size of a request's head as the client sent it, near enough for a limit: the target and
+/// every header's name and value, with their separators.
+pub(crate) fn header_bytes(req: &RequestHeader) -> usize {
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+}
+
+/// The request's `Content-Length`, when it has one that parses.
+pub(crate) fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The X-Request-Start value for a request received at `now`.
+pub(crate) fn request_start(now: std::time::SystemTime) -> HeaderValue {
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    HeaderValue::from(ms)
 }
 
 /// The id to use for a request: the client's own if it sent a valid one, else a fresh one.

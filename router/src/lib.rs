@@ -21,6 +21,7 @@ mod proxy;
 mod server;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use slipway_core::routes::Routes;
 
@@ -34,6 +35,8 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     /// Worker threads of the proxy's runtime. Default 2; must be at least 1.
     pub threads: usize,
+    /// Timeouts and size limits.
+    pub limits: RouterLimits,
 }
 
 impl Default for RouterConfig {
@@ -41,6 +44,31 @@ impl Default for RouterConfig {
         RouterConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             threads: 2,
+            limits: RouterLimits::default(),
+        }
+    }
+}
+
+/// How long the router waits on an instance, and how large a request it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// How long an instance may take to accept a connection before another is tried (502 when
+    /// none does). Default 5 s (`SLIPWAY_ROUTER_CONNECT_TIMEOUT_SECS`).
+    pub connect_timeout: Duration,
+    /// How long an instance may stay silent: before the first byte of its answer, and between
+    /// reads after that (504). Default 30 s (`SLIPWAY_ROUTER_READ_TIMEOUT_SECS`).
+    pub read_timeout: Duration,
+    /// The largest request head (target and headers) forwarded; larger ones get 431.
+    /// Default 32 KiB.
+    pub max_header_bytes: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -50,6 +78,11 @@ impl RouterConfig {
     pub fn validate(&self) -> Result<(), RouterError> {
         if self.threads == 0 {
             return Err(RouterError::Config("router threads must be at least 1"));
+        }
+        if self.limits.connect_timeout.is_zero() || self.limits.read_timeout.is_zero() {
+            return Err(RouterError::Config(
+                "router timeouts must be at least 1 second",
+            ));
         }
         Ok(())
     }

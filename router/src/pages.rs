@@ -23,6 +23,10 @@ pub(crate) enum Failure {
     UpstreamTimeout,
     /// An instance closed the connection or sent something that is not HTTP.
     UpstreamFailed,
+    /// The request's header is over the router's limit.
+    HeadersTooLarge,
+    /// The request's body is over the app's limit (`SLIPWAY_MAX_BODY_SIZE`).
+    BodyTooLarge,
     /// The client's request could not be forwarded, with the status pingora chose (4xx).
     BadRequest(u16),
     /// A fault in the router itself.
@@ -36,6 +40,7 @@ impl Failure {
         use ErrorType::*;
         if let HTTPStatus(code) = e.etype() {
             return Some(match *code {
+                413 => Failure::BodyTooLarge,
                 400..=499 => Failure::BadRequest(*code),
                 _ => Failure::Internal,
             });
@@ -62,6 +67,8 @@ impl Failure {
             Failure::NoBackend | Failure::Maintenance => 503,
             Failure::UpstreamConnect | Failure::UpstreamFailed => 502,
             Failure::UpstreamTimeout => 504,
+            Failure::HeadersTooLarge => 431,
+            Failure::BodyTooLarge => 413,
             Failure::BadRequest(status) => status,
             Failure::Internal => 500,
         }
@@ -76,6 +83,8 @@ impl Failure {
             Failure::UpstreamConnect => "upstream_connect",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::UpstreamFailed => "upstream_failed",
+            Failure::HeadersTooLarge => "headers_too_large",
+            Failure::BodyTooLarge => "body_too_large",
             Failure::BadRequest(_) => "bad_request",
             Failure::Internal => "internal",
         }
@@ -95,6 +104,8 @@ impl Failure {
             Failure::UpstreamFailed => {
                 format!("{app} closed the connection without a valid answer")
             }
+            Failure::HeadersTooLarge => "the request's header is too large".to_owned(),
+            Failure::BodyTooLarge => format!("the request's body is larger than {app} accepts"),
             Failure::BadRequest(_) => "the request could not be forwarded".to_owned(),
             Failure::Internal => "the router failed to handle the request".to_owned(),
         }
@@ -158,7 +169,7 @@ mod tests {
             Downstream,
             Some(Failure::BadRequest(400)),
         );
-        check(HTTPStatus(413), Downstream, Some(Failure::BadRequest(413)));
+        check(HTTPStatus(413), Downstream, Some(Failure::BodyTooLarge));
         check(InternalError, Internal, Some(Failure::Internal));
     }
 

@@ -30,24 +30,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorType, Result};
-use slipway_core::routes::{AppRoute, Routes};
+use slipway_core::routes::{AppRoute, Lease, Routes};
 
+use crate::RouterLimits;
 use crate::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT};
-use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID, X_REQUEST_START};
 use crate::pages::{self, Failure};
 
-/// How long to wait for an instance to accept a connection. Instances run on this host or its
-/// network, so a slow connect means the instance is gone or stuck.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,13 +56,15 @@ pub(crate) struct Router {
     /// The port the router accepts on, sent as X-Forwarded-Port; made once, as the value is the
     /// same for every request.
     listen_port: HeaderValue,
+    limits: RouterLimits,
 }
 
 impl Router {
-    pub(crate) fn new(routes: Routes, listen_port: u16) -> Self {
+    pub(crate) fn new(routes: Routes, listen_port: u16, limits: RouterLimits) -> Self {
         Router {
             routes,
             listen_port: HeaderValue::from(listen_port),
+            limits,
         }
     }
 }
@@ -71,6 +72,8 @@ impl Router {
 /// What one request has learned so far.
 pub(crate) struct RequestCtx {
     started: Instant,
+    /// The wall-clock time of `started`, for X-Request-Start.
+    received: SystemTime,
     /// Empty until `request_filter` settles it.
     request_id: String,
     /// `request_id` as a header value, made once and sent both upstream and downstream.
@@ -79,13 +82,21 @@ pub(crate) struct RequestCtx {
     host: String,
     /// The route from the snapshot the request started with; later tables do not affect it.
     route: Option<Arc<AppRoute>>,
-    /// The backend of the current attempt.
-    backend: Option<SocketAddr>,
+    /// The backend of the current attempt, counted in flight on it while held.
+    lease: Option<Lease>,
+    /// Backends whose connection failed, in order.
+    tried: Vec<SocketAddr>,
     /// Upstream connection attempts made.
     attempts: usize,
+    /// Request body bytes received so far.
+    body_bytes: u64,
 }
 
 impl RequestCtx {
+    fn backend(&self) -> Option<SocketAddr> {
+        self.lease.as_ref().map(Lease::addr)
+    }
+
     fn app(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.app.as_str())
     }
@@ -122,12 +133,15 @@ impl ProxyHttp for Router {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            received: SystemTime::now(),
             request_id: String::new(),
             request_id_value: None,
             host: String::new(),
             route: None,
-            backend: None,
+            lease: None,
+            tried: Vec::new(),
             attempts: 0,
+            body_bytes: 0,
         }
     }
 
@@ -135,6 +149,16 @@ impl ProxyHttp for Router {
         let req = session.req_header();
         ctx.request_id = forwarded::request_id(req.headers.get(X_REQUEST_ID));
         ctx.host = forwarded::request_host(req).unwrap_or_default().to_owned();
+        if forwarded::header_bytes(req) > self.limits.max_header_bytes {
+            tracing::info!(
+                code = Failure::HeadersTooLarge.code(),
+                host = %ctx.host,
+                request_id = %ctx.request_id,
+                "route: request header too large"
+            );
+            respond(session, ctx, Failure::HeadersTooLarge).await?;
+            return Ok(true);
+        }
 
         let Some(route) = self.routes.snapshot().lookup(&ctx.host).cloned() else {
             tracing::info!(
@@ -151,9 +175,22 @@ impl ProxyHttp for Router {
             respond(session, ctx, Failure::Maintenance).await?;
             return Ok(true);
         }
-        ctx.backend = route.pick();
+        if let Some(max) = route.max_body
+            && forwarded::content_length(session.req_header()).is_some_and(|n| n > max)
+        {
+            ctx.route = Some(route);
+            tracing::info!(
+                code = Failure::BodyTooLarge.code(),
+                app = ctx.app(),
+                request_id = %ctx.request_id,
+                "route: request body over the app's limit"
+            );
+            respond(session, ctx, Failure::BodyTooLarge).await?;
+            return Ok(true);
+        }
+        ctx.lease = route.pick();
         ctx.route = Some(route);
-        if ctx.backend.is_none() {
+        if ctx.lease.is_none() {
             tracing::warn!(
                 code = Failure::NoBackend.code(),
                 app = ctx.app(),
@@ -172,16 +209,22 @@ impl ProxyHttp for Router {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(route), Some(mut backend)) = (&ctx.route, ctx.backend) else {
+        if ctx.attempts > 0
+            && let (Some(route), Some(failed)) = (&ctx.route, ctx.backend())
+        {
+            // A retry after a failed connect: the failed backend is released first, so it does
+            // not count as busy while the next one is picked.
+            ctx.tried.push(failed);
+            ctx.lease = None;
+            ctx.lease = route.pick_excluding(&ctx.tried);
+        }
+        let Some(backend) = ctx.backend() else {
             return Error::e_explain(ErrorType::InternalError, "no backend chosen for request");
         };
-        if ctx.attempts > 0 {
-            backend = next_backend(&route.backends, backend);
-            ctx.backend = Some(backend);
-        }
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(backend, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.connection_timeout = Some(self.limits.connect_timeout);
+        peer.options.read_timeout = Some(self.limits.read_timeout);
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         Ok(Box::new(peer))
     }
@@ -194,6 +237,9 @@ impl ProxyHttp for Router {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let backends = ctx.route.as_ref().map_or(0, |r| r.backends.len());
+        if let (Some(route), Some(backend)) = (&ctx.route, ctx.backend()) {
+            route.quarantine(backend);
+        }
         let retry = ctx.attempts < backends;
         tracing::debug!(
             code = Failure::UpstreamConnect.code(),
@@ -234,6 +280,27 @@ impl ProxyHttp for Router {
         }
         upstream_request.insert_header(X_FORWARDED_PORT, self.listen_port.clone())?;
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id_value()?)?;
+        upstream_request.insert_header(X_REQUEST_START, forwarded::request_start(ctx.received))?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A body without Content-Length (chunked) is measured as it streams through.
+        if let (Some(chunk), Some(max)) = (body, ctx.route.as_ref().and_then(|r| r.max_body)) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > max {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the app's limit",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -257,7 +324,7 @@ impl ProxyHttp for Router {
         let failure = Failure::classify(e);
         let status = failure.map_or(0, Failure::status);
         let code = failure.map_or("client_gone", Failure::code);
-        let backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default();
+        let backend = ctx.backend().map(|b| b.to_string()).unwrap_or_default();
         let request_id = ctx.request_id().to_owned();
         match failure {
             None | Some(Failure::BadRequest(_)) => tracing::info!(
@@ -321,33 +388,32 @@ impl ProxyHttp for Router {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        tracing::debug!(
+        let elapsed = ctx.started.elapsed();
+        if let Some(route) = &ctx.route {
+            route.stats().record(status, elapsed);
+        }
+        let req = session.req_header();
+        tracing::info!(
+            target: ACCESS_LOG,
             method = %req.method,
             host = %ctx.host,
             path = %req.uri.path(),
             status,
             app = ctx.app(),
-            backend = ?ctx.backend,
-            elapsed_ms = ctx.started.elapsed().as_millis() as u64,
+            backend = ?ctx.backend(),
+            attempts = ctx.attempts,
+            bytes = session.body_bytes_sent(),
+            service_ms = elapsed.as_millis() as u64,
             request_id = %ctx.request_id,
             "route: request"
         );
     }
 }
 
-/// The backend after `current` in the app's list, wrapping around.
-fn next_backend(backends: &[SocketAddr], current: SocketAddr) -> SocketAddr {
-    let next = backends
-        .iter()
-        .position(|b| *b == current)
-        .map_or(0, |i| i + 1);
-    backends
-        .get(next % backends.len().max(1))
-        .copied()
-        .unwrap_or(current)
-}
+/// The `tracing` target of the access log: one event per request, at info level. Turn it off
+/// with `RUST_LOG=info,slipway::access=off`.
+pub(crate) const ACCESS_LOG: &str = "slipway::access";
 
 /// Sends the router's page for `failure`, with Content-Type, Content-Length and X-Request-Id.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, failure: Failure) -> Result<()> {
@@ -367,21 +433,4 @@ async fn respond(session: &mut Session, ctx: &mut RequestCtx, failure: Failure) 
         return Ok(());
     }
     session.write_response_body(Some(body), true).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_backend_wraps_around() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
-        assert_eq!(next_backend(&[a, b, c], a), b);
-        assert_eq!(next_backend(&[a, b, c], c), a);
-        assert_eq!(next_backend(&[a], a), a);
-        // A backend that is no longer listed starts the list again.
-        assert_eq!(next_backend(&[b, c], a), b);
-    }
 }

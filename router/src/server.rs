@@ -33,7 +33,7 @@ use slipway_core::routes::Routes;
 use tokio::sync::watch;
 
 use crate::proxy::Router;
-use crate::{RouterConfig, RouterError};
+use crate::{RouterConfig, RouterError, RouterLimits};
 
 /// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
 const STOP_GRACE_SECONDS: u64 = 2;
@@ -87,9 +87,10 @@ pub(crate) fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let threads = config.threads;
+    let limits = config.limits;
     let thread = thread::Builder::new()
         .name(SERVICE_NAME.to_owned())
-        .spawn(move || run(listener, local_addr, threads, routes, stop_rx))
+        .spawn(move || run(listener, local_addr, threads, limits, routes, stop_rx))
         .map_err(RouterError::Spawn)?;
     tracing::info!(listen = %local_addr, "route: router listening");
     Ok(RouterHandle {
@@ -104,6 +105,7 @@ fn run(
     listener: TcpListener,
     local_addr: SocketAddr,
     threads: usize,
+    limits: RouterLimits,
     routes: Routes,
     stop: watch::Receiver<bool>,
 ) {
@@ -123,7 +125,7 @@ fn run(
     let key = local_addr.to_string();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Router::new(routes, local_addr.port()),
+        Router::new(routes, local_addr.port(), limits),
         SERVICE_NAME,
     );
     proxy.add_tcp(&key);

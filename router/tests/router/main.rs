@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use slipway_core::routes::{AppRoute, RouteTable, Routes};
-use slipway_router::{RouterConfig, RouterError, RouterHandle};
+use slipway_router::{RouterConfig, RouterError, RouterHandle, RouterLimits};
 use upstream::{Upstream, echoed, echoed_headers, refusing_addr};
 
 /// A router on a free 127.0.0.1 port with an empty route table.
@@ -21,10 +21,15 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
+        Harness::start_with(RouterLimits::default())
+    }
+
+    fn start_with(limits: RouterLimits) -> Harness {
         let routes = Routes::default();
         let config = RouterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             threads: 1,
+            limits,
         };
         let router = slipway_router::start(config, routes.clone()).expect("router starts");
         Harness {
@@ -43,12 +48,21 @@ impl Harness {
 
     /// Publishes a table of `(host, app, backends)`.
     fn publish(&self, entries: &[(&str, &str, Vec<SocketAddr>)]) {
+        self.publish_routes(
+            entries
+                .iter()
+                .map(|(host, app, backends)| {
+                    (*host, AppRoute::new(app.parse().unwrap(), backends.clone()))
+                })
+                .collect(),
+        );
+    }
+
+    /// Publishes a table of `(host, route)`.
+    fn publish_routes(&self, entries: Vec<(&str, AppRoute)>) {
         let mut table = RouteTable::default();
-        for (host, app, backends) in entries {
-            table.insert(
-                [host.to_string()],
-                AppRoute::new(app.parse().unwrap(), backends.clone()),
-            );
+        for (host, route) in entries {
+            table.insert([host.to_string()], route);
         }
         self.routes.publish(table);
     }
@@ -230,6 +244,12 @@ async fn forwarded_headers_reach_the_app() {
     assert_eq!(echoed(&body, "x-forwarded-proto"), "http");
     assert_eq!(echoed(&body, "x-forwarded-host"), host);
     assert_eq!(echoed(&body, "x-forwarded-port"), h.port().to_string());
+    let start: u128 = echoed(&body, "x-request-start").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(start <= now && now - start < 10_000, "{start} vs {now}");
     // No id was sent, so the router made one and gave the app and the client the same.
     assert_eq!(request_id.len(), 32, "{request_id}");
     assert_eq!(echoed(&body, "x-request-id"), request_id);
@@ -379,6 +399,7 @@ async fn taken_port_is_an_error_from_start() {
     let config = RouterConfig {
         listen: addr,
         threads: 1,
+        ..RouterConfig::default()
     };
     match slipway_router::start(config, Routes::default()) {
         Err(RouterError::Bind { addr: a, source }) => {
@@ -394,6 +415,7 @@ fn zero_threads_is_refused() {
     let config = RouterConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 0,
+        ..RouterConfig::default()
     };
     assert!(matches!(
         slipway_router::start(config, Routes::default()),
@@ -430,4 +452,144 @@ async fn router_takes_no_signals() {
     for signal in [2, 3, 15] {
         assert_eq!(caught & (1 << (signal - 1)), 0, "signal {signal} is caught");
     }
+}
+
+#[tokio::test]
+async fn wildcard_domains_route_names_below_them() {
+    let h = Harness::start();
+    let shop = Upstream::start("shop").await;
+    let www = Upstream::start("www").await;
+    h.publish(&[
+        ("*.example.com", "shop", vec![shop.addr]),
+        ("www.example.com", "www", vec![www.addr]),
+    ]);
+    for (host, upstream) in [
+        ("www.example.com", "www"),
+        ("tenant1.example.com", "shop"),
+        ("a.b.example.com", "shop"),
+    ] {
+        let resp = h.get(host, "/").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{host}");
+        assert_eq!(resp.headers()["x-upstream"], upstream, "{host}");
+    }
+    let resp = h.get("example.com", "/").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bodies_over_the_apps_limit_are_413() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish_routes(vec![(
+        "web.slipway.test",
+        AppRoute::new("web".parse().unwrap(), vec![web.addr]).with_max_body(Some(1024)),
+    )]);
+    let url = format!("http://127.0.0.1:{}/", h.port());
+    let post = |body: reqwest::Body| {
+        h.client
+            .post(&url)
+            .header(HOST, "web.slipway.test")
+            .body(body)
+    };
+    let resp = post(vec![b'x'; 1024].into()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = post(vec![b'x'; 1025].into()).send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body is larger than web accepts",
+    )
+    .await;
+    // Without Content-Length the body is counted as it streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..3).map(|_| Ok(vec![b'x'; 800])).collect();
+    let resp = post(reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks,
+    )))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    let big = "x".repeat(40 * 1024);
+    let resp = h
+        .get("web.slipway.test", "/")
+        .header("x-big", big)
+        .send()
+        .await
+        .unwrap();
+    check_page(
+        resp,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header is too large",
+    )
+    .await;
+    let (status, _) = h.text("web.slipway.test", "/").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn silent_instance_is_504_after_the_read_timeout() {
+    let h = Harness::start_with(RouterLimits {
+        read_timeout: Duration::from_secs(1),
+        ..RouterLimits::default()
+    });
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    let resp = h.get("web.slipway.test", "/slow").send().await.unwrap();
+    check_page(
+        resp,
+        StatusCode::GATEWAY_TIMEOUT,
+        "web did not answer in time",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn busy_instance_is_passed_over() {
+    let h = Harness::start();
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    h.publish(&[("web.slipway.test", "web", vec![a.addr, b.addr])]);
+    // The first request goes to a and stays there for 3 s.
+    let slow = tokio::spawn(h.get("web.slipway.test", "/slow").send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..4 {
+        let resp = h.get("web.slipway.test", "/").send().await.unwrap();
+        assert_eq!(resp.headers()["x-upstream"], "b");
+    }
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.headers()["x-upstream"], "a");
+}
+
+#[tokio::test]
+async fn requests_are_counted_per_app() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    for _ in 0..3 {
+        h.text("web.slipway.test", "/").await;
+    }
+    h.text("web.slipway.test", "/close").await;
+    // Counting happens after the answer is sent; give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = h.routes.snapshot().prometheus();
+    assert!(
+        text.contains("slipway_router_requests_total{app=\"web\",class=\"2xx\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("slipway_router_requests_total{app=\"web\",class=\"5xx\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("slipway_router_request_duration_seconds_count{app=\"web\"} 4\n"),
+        "{text}"
+    );
 }

@@ -1,7 +1,7 @@
 //! A tiny HTTP/1.1 app for the router to proxy to. It answers every request with the request
 //! line, the headers it received (one `name: value` line each, names lower-case), a blank line
 //! and the request body, over keep-alive connections. `/close` closes the connection instead of
-//! answering. Its responses carry hop-by-hop fields the router must not pass on.
+//! answering, and `/slow` answers after 3 s. Its responses carry hop-by-hop fields the router must not pass on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +72,9 @@ async fn serve(stream: TcpStream, name: &'static str) {
         }
         if head.contains(" /close ") {
             return;
+        }
+        if head.contains(" /slow ") {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
         let mut body = vec![0; content_length];
         if stream.read_exact(&mut body).await.is_err() {
