@@ -361,6 +361,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             router_read_timeout_secs,
         } => {
             tracing_subscriber::fmt()
+                // Colours only on a terminal: a log file gets plain `key=value` fields.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,pingora=warn,russh=warn,sqlx=warn".into()),

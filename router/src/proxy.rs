@@ -149,16 +149,6 @@ impl ProxyHttp for Router {
         let req = session.req_header();
         ctx.request_id = forwarded::request_id(req.headers.get(X_REQUEST_ID));
         ctx.host = forwarded::request_host(req).unwrap_or_default().to_owned();
-        if forwarded::header_bytes(req) > self.limits.max_header_bytes {
-            tracing::info!(
-                code = Failure::HeadersTooLarge.code(),
-                host = %ctx.host,
-                request_id = %ctx.request_id,
-                "route: request header too large"
-            );
-            respond(session, ctx, Failure::HeadersTooLarge).await?;
-            return Ok(true);
-        }
 
         let Some(route) = self.routes.snapshot().lookup(&ctx.host).cloned() else {
             tracing::info!(
@@ -170,6 +160,17 @@ impl ProxyHttp for Router {
             respond(session, ctx, Failure::NoRoute).await?;
             return Ok(true);
         };
+        if forwarded::header_bytes(session.req_header()) > self.limits.max_header_bytes {
+            ctx.route = Some(route);
+            tracing::info!(
+                code = Failure::HeadersTooLarge.code(),
+                app = ctx.app(),
+                request_id = %ctx.request_id,
+                "route: request header too large"
+            );
+            respond(session, ctx, Failure::HeadersTooLarge).await?;
+            return Ok(true);
+        }
         if route.maintenance {
             ctx.route = Some(route);
             respond(session, ctx, Failure::Maintenance).await?;
@@ -400,8 +401,8 @@ impl ProxyHttp for Router {
             host = %ctx.host,
             path = %req.uri.path(),
             status,
-            app = ctx.app(),
-            backend = ?ctx.backend(),
+            app = %ctx.app(),
+            backend = %ctx.backend().map(|b| b.to_string()).unwrap_or_default(),
             attempts = ctx.attempts,
             bytes = session.body_bytes_sent(),
             service_ms = elapsed.as_millis() as u64,

@@ -116,6 +116,12 @@ fn run(
         // One runtime per thread, no work stealing: a request's tasks stay on the thread that
         // accepted its connection. Measured with `../shared/bench/router.sh`'s load, this cut
         // the CPU per request by about 12% and raised throughput by a third.
+        //
+        // The price: pingora finds a thread's runtime through a `thread_local::ThreadLocal`,
+        // whose thread ids are recycled, so a router started after another one stopped in the
+        // same process can be handed the stopped runtime and lose its listener. `slipway
+        // server` starts one router for the life of the process; tests that stop a router run
+        // in a process of their own (`tests/stop.rs`).
         work_stealing: false,
         ..ServerConf::default()
     };

@@ -334,6 +334,33 @@ impl Server {
             ]))
     }
 
+    /// The usual start of a test: pushes the stacks, adds a key named after `app`, creates `app`
+    /// and pushes `tests/fixtures/<fixture>` to it, then waits until v1 serves. Returns the
+    /// app's repository and the key's private half.
+    pub fn deploy_fixture(&self, app: &str, fixture: &str) -> (PathBuf, PathBuf) {
+        self.push_stacks();
+        let key = self.keygen(&format!("{app}-key"));
+        self.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
+        self.cli_ok(&["apps:create", app]);
+        let repo = git_repo(
+            self.dir.path(),
+            app,
+            &repo_root().join("tests/fixtures").join(fixture),
+        );
+        let push = self.git_push(&repo, &key, app);
+        assert!(push.status.success(), "{}\n{}", text(&push), self.log());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.http_get(app).0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{app} never served\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        (repo, key)
+    }
+
     /// GET `/` on the router with `Host: <app>.slipway.localhost`; returns (status, body).
     pub fn http_get(&self, app: &str) -> (u16, String) {
         self.http_get_host(&format!("{app}.slipway.localhost"))
