@@ -140,7 +140,7 @@ impl Controller {
                 },
                 ready_timeout: Duration::from_secs(60),
                 tick: Duration::from_secs(5),
-                drain: Duration::from_secs(2),
+                drain: Duration::from_secs(30),
             },
         );
         let controller = Arc::new(Controller {

@@ -105,7 +105,8 @@ pub struct ReconcilerConfig {
     pub ready_timeout: Duration,
     /// How often every app is checked.
     pub tick: Duration,
-    /// How long an old instance keeps serving in-flight requests after it leaves the routes.
+    /// How long an old instance may keep serving requests in flight after it leaves the routes;
+    /// it stops as soon as the router has none on it.
     pub drain: Duration,
 }
 
@@ -486,6 +487,8 @@ impl Reconciler {
             }
         }
         let route = self.served(app, backends, release.max_body_size()).await?;
+        // The route the old instances served from: its in-flight counts tell when they are done.
+        let before = self.routes.snapshot().app(app).cloned();
         self.set_route(app, Some(route));
         if status == ReleaseStatus::Pending {
             self.db
@@ -498,10 +501,37 @@ impl Reconciler {
         }
         // Old instances leave the routes first, finish what they were doing, then stop.
         if !stale.is_empty() {
-            tokio::time::sleep(self.config.drain).await;
+            self.drain(before.as_deref(), &stale).await;
             self.retire(stale).await;
         }
         Ok(())
+    }
+
+    /// Waits until the router has no request in flight on any of `stale` (counted on `route`,
+    /// the route they served from), for at most [`ReconcilerConfig::drain`]. Requests that read
+    /// the route table just before it changed are given a moment to show up first.
+    async fn drain(&self, route: Option<&AppRoute>, stale: &[Container]) {
+        const SETTLE: Duration = Duration::from_millis(100);
+        const POLL: Duration = Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + self.config.drain;
+        tokio::time::sleep(SETTLE.min(self.config.drain)).await;
+        let Some(route) = route else { return };
+        let addrs: Vec<SocketAddr> = stale.iter().filter_map(backend_addr).collect();
+        loop {
+            let busy: usize = addrs.iter().map(|a| route.in_flight(*a)).sum();
+            if busy == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    app = %route.app,
+                    requests = busy,
+                    "deploy: drain timed out; stopping instances with requests in flight"
+                );
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// How to serve `app` with `backends`: its host names (`<app>.<domain>` and its custom

@@ -300,6 +300,11 @@ impl RouteTable {
         self.len() == 0
     }
 
+    /// The route of `app`, if it is routed.
+    pub fn app(&self, app: &AppName) -> Option<&Arc<AppRoute>> {
+        self.apps().find(|r| r.app == *app)
+    }
+
     /// Every app's route, once each.
     pub fn apps(&self) -> impl Iterator<Item = &Arc<AppRoute>> {
         let mut seen = std::collections::HashSet::new();

@@ -5,7 +5,9 @@
 //! cargo run --release -p slipway-router --example static_routes -- 127.0.0.1:8080 app.bench.test=127.0.0.1:18081
 //! ```
 //!
-//! Arguments: the listen address, then `host=backend[,backend...]` routes. Ctrl-C stops it.
+//! Arguments: the listen address, then `host=backend[,backend...]` routes, or `+N=backend` for
+//! N generated apps (`app<i>.bench.test` and `www.customer<i>.example.com` each), to measure the
+//! router's memory with a large table. Closing stdin (or Ctrl-C) stops it.
 
 use std::net::SocketAddr;
 
@@ -23,6 +25,17 @@ fn main() {
             .split(',')
             .map(|b| b.parse().expect(usage))
             .collect();
+        if let Some(n) = host.strip_prefix('+') {
+            for j in 0..n.parse::<usize>().expect(usage) {
+                let app = format!("app{j}").parse().expect("a valid app name");
+                let hosts = [
+                    format!("app{j}.bench.test"),
+                    format!("www.customer{j}.example.com"),
+                ];
+                table.insert(hosts, AppRoute::new(app, backends.clone()));
+            }
+            continue;
+        }
         let app = format!("bench{i}").parse().expect("a valid app name");
         table.insert([host.to_owned()], AppRoute::new(app, backends));
     }
