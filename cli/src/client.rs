@@ -275,16 +275,20 @@ pub(crate) async fn keys_add(api: &Api, path: &str, app: Option<&str>) -> Result
     })
 }
 
-pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
-    let encoded: String = fingerprint
-        .bytes()
+/// `text` as one URL path segment: anything but letters, digits and `-_.:` percent-encoded.
+fn path_segment(text: &str) -> String {
+    text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => {
                 (b as char).to_string()
             }
             other => format!("%{other:02X}"),
         })
-        .collect();
+        .collect()
+}
+
+pub(crate) async fn keys_remove(api: &Api, fingerprint: &str) -> Result<()> {
+    let encoded = path_segment(fingerprint);
     let answer = api.delete(&format!("/v1/keys/{encoded}")).await?;
     api.show(&answer, |_| println!("removed key {fingerprint}"))
 }
@@ -766,6 +770,73 @@ pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
             "maintenance mode {} for {app}",
             if on { "on" } else { "off" }
         )
+    })
+}
+
+pub(crate) async fn certs(api: &Api, app: &str) -> Result<()> {
+    let list = api.get(&format!("/v1/apps/{app}/certs")).await?;
+    api.show(&list, |list| {
+        table(&["NAMES", "EXPIRES (UTC)", "FINGERPRINT"], list, |c| {
+            let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(s).collect();
+            vec![
+                names.join(","),
+                utc(c["not_after"].as_i64().unwrap_or(0)),
+                s(&c["fingerprint"]),
+            ]
+        })
+    })
+}
+
+pub(crate) async fn certs_add(api: &Api, app: &str, cert: &str, key: &str) -> Result<()> {
+    let certificate = std::fs::read_to_string(cert).with_context(|| format!("reading {cert}"))?;
+    let private_key = std::fs::read_to_string(key).with_context(|| format!("reading {key}"))?;
+    let added = api
+        .post(
+            &format!("/v1/apps/{app}/certs"),
+            json!({ "certificate": certificate, "private_key": private_key }),
+        )
+        .await?;
+    api.show(&added, |added| {
+        let names: Vec<String> = added["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        println!(
+            "added certificate for {} to {app}, expires {} UTC",
+            names.join(", "),
+            utc(added["not_after"].as_i64().unwrap_or(0))
+        );
+        match added["replaced"].as_u64() {
+            Some(0) | None => {}
+            Some(n) => println!("it replaces {n} older certificate(s) for the same names"),
+        }
+    })
+}
+
+pub(crate) async fn certs_remove(api: &Api, app: &str, name: &str) -> Result<()> {
+    let answer = api
+        .delete(&format!("/v1/apps/{app}/certs/{}", path_segment(name)))
+        .await?;
+    api.show(&answer, |_| {
+        println!("removed the certificate for {name} from {app}")
+    })
+}
+
+pub(crate) async fn tls(api: &Api, app: &str, enforce: bool) -> Result<()> {
+    let answer = api
+        .put(
+            &format!("/v1/apps/{app}/tls"),
+            json!({ "https_enforced": enforce }),
+        )
+        .await?;
+    api.show(&answer, |_| {
+        if enforce {
+            println!("{app} now redirects HTTP requests to HTTPS");
+        } else {
+            println!("{app} serves HTTP requests again");
+        }
     })
 }
 

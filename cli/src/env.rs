@@ -9,6 +9,8 @@ pub(crate) const SSH_ADDR: &str = "SLIPWAY_SSH_ADDR";
 pub(crate) const REGISTRY_ADDR: &str = "SLIPWAY_REGISTRY_ADDR";
 /// The router's listen address (default `0.0.0.0:8080`).
 pub(crate) const HTTP_ADDR: &str = "SLIPWAY_HTTP_ADDR";
+/// The router's HTTPS listen address (default `0.0.0.0:8443`).
+pub(crate) const HTTPS_ADDR: &str = "SLIPWAY_HTTPS_ADDR";
 /// The data directory (default `./slipway-data`).
 pub(crate) const DATA: &str = "SLIPWAY_DATA";
 /// The domain apps are served under (default `slipway.localhost`).

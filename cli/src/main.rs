@@ -58,6 +58,9 @@ enum Command {
         /// Router (HTTP) listen address.
         #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:8080")]
         http_addr: SocketAddr,
+        /// Router (HTTPS) listen address.
+        #[arg(long, env = env::HTTPS_ADDR, default_value = "0.0.0.0:8443")]
+        https_addr: SocketAddr,
         /// Database URL (SQLite under DATA by default).
         #[arg(long, env = env::DATABASE_URL)]
         database_url: Option<String>,
@@ -166,6 +169,40 @@ enum Command {
     #[command(name = "domains:remove")]
     DomainsRemove {
         host: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// List an app's TLS certificates: names, expiry, fingerprint.
+    Certs {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Add a TLS certificate (PEM, leaf first, then intermediates) and its private key.
+    #[command(name = "certs:add")]
+    CertsAdd {
+        /// The certificate chain, PEM.
+        cert: String,
+        /// Its unencrypted private key, PEM.
+        key: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Remove the certificates covering a name (or with a fingerprint).
+    #[command(name = "certs:remove")]
+    CertsRemove {
+        name: String,
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Redirect the app's plain HTTP requests to HTTPS.
+    #[command(name = "tls:enable")]
+    TlsEnable {
+        #[arg(short, long)]
+        app: Option<String>,
+    },
+    /// Serve the app's plain HTTP requests again.
+    #[command(name = "tls:disable")]
+    TlsDisable {
         #[arg(short, long)]
         app: Option<String>,
     },
@@ -351,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ssh_addr,
             registry_addr,
             http_addr,
+            https_addr,
             database_url,
             retain_releases,
             registry_gc_grace_secs,
@@ -375,6 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ssh_addr: *ssh_addr,
                 registry_addr: *registry_addr,
                 http_addr: *http_addr,
+                https_addr: *https_addr,
                 database_url: database_url.clone(),
                 retain_releases: *retain_releases,
                 registry_gc_grace: std::time::Duration::from_secs(*registry_gc_grace_secs),
@@ -428,6 +467,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DomainsRemove { host, app } => {
             client::domains_remove(&api()?, &client::resolve_app(app.clone())?, host).await
+        }
+        Command::Certs { app } => client::certs(&api()?, &client::resolve_app(app.clone())?).await,
+        Command::CertsAdd { cert, key, app } => {
+            client::certs_add(&api()?, &client::resolve_app(app.clone())?, cert, key).await
+        }
+        Command::CertsRemove { name, app } => {
+            client::certs_remove(&api()?, &client::resolve_app(app.clone())?, name).await
+        }
+        Command::TlsEnable { app } => {
+            client::tls(&api()?, &client::resolve_app(app.clone())?, true).await
+        }
+        Command::TlsDisable { app } => {
+            client::tls(&api()?, &client::resolve_app(app.clone())?, false).await
         }
         Command::Ps { app } => client::ps(&api()?, &client::resolve_app(app.clone())?).await,
         Command::PsScale { pairs, app } => {

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use slipway_builder::BuilderConfig;
 use slipway_controller::{Controller, ControllerConfig};
 use slipway_core::routes::Routes;
+use slipway_core::tls::Certs;
 use slipway_registry::{Registry, RegistryConfig};
-use slipway_router::RouterConfig;
+use slipway_router::{RouterConfig, TlsConfig};
 use slipway_runtime::docker::Docker;
 use tokio::net::TcpListener;
 
@@ -21,6 +22,7 @@ pub(crate) struct ServerArgs {
     pub(crate) ssh_addr: SocketAddr,
     pub(crate) registry_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
+    pub(crate) https_addr: SocketAddr,
     pub(crate) database_url: Option<String>,
     pub(crate) retain_releases: usize,
     pub(crate) build_image: String,
@@ -75,6 +77,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let instance = instance_id(&data)?;
     let engine = Arc::new(Docker::connect().await?);
     let routes = Routes::default();
+    let certs = Certs::default();
 
     // Bind everything first, so a busy port fails the start before anything runs.
     let api_listener = TcpListener::bind(args.api_addr).await.with_context(|| {
@@ -106,6 +109,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         },
         engine.clone(),
         routes.clone(),
+        certs.clone(),
     )
     .await?;
 
@@ -147,15 +151,25 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("starting the SSH server (set {})", crate::env::SSH_ADDR))?;
 
-    let router = slipway_router::start(
+    let router = slipway_router::start_with_tls(
         RouterConfig {
             listen: args.http_addr,
             threads: 2,
             limits: args.router_limits,
         },
         routes,
+        TlsConfig {
+            listen: args.https_addr,
+            certs,
+        },
     )
-    .with_context(|| format!("starting the router (set {})", crate::env::HTTP_ADDR))?;
+    .with_context(|| {
+        format!(
+            "starting the router (set {} and {})",
+            crate::env::HTTP_ADDR,
+            crate::env::HTTPS_ADDR
+        )
+    })?;
 
     println!("slipway server {instance} is running");
     println!("  data      {}", data.display());
@@ -167,6 +181,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         args.domain,
         router.local_addr().port()
     );
+    if let Some(tls) = router.tls_addr() {
+        println!("  https     https://<app>.{}:{}", args.domain, tls.port());
+    }
     if let Some(first) = first {
         println!();
         println!(

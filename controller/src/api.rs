@@ -36,6 +36,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/domains", get(list_domains).post(add_domain))
         .route("/v1/apps/{app}/domains/{host}", delete(remove_domain))
+        .route("/v1/apps/{app}/certs", get(list_certs).post(add_cert))
+        .route("/v1/apps/{app}/certs/{name}", delete(remove_cert))
+        .route("/v1/apps/{app}/tls", get(get_tls).put(set_tls))
         .route("/v1/apps/{app}/ps", get(list_ps))
         .route("/v1/apps/{app}/formation", get(get_formation).patch(scale))
         .route("/v1/apps/{app}/restart", post(restart))
@@ -587,9 +590,7 @@ async fn list_domains(
     Path(raw): Path<String>,
 ) -> Result<Json<Vec<String>>> {
     let app = authorized_app(&ctl, &caller.0, &raw).await?;
-    let mut hosts = vec![format!("{app}.{}", ctl.domain())];
-    hosts.extend(ctl.db().domains(&app).await?);
-    Ok(Json(hosts))
+    Ok(Json(app_hosts(&ctl, &app).await?))
 }
 
 #[derive(Deserialize)]
@@ -659,6 +660,179 @@ async fn remove_domain(
     .await;
     ctl.notify(Event::DomainsChanged(app));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The hosts `app` is served at: `<app>.<domain>`, then its custom domains.
+async fn app_hosts(ctl: &Controller, app: &AppName) -> Result<Vec<String>> {
+    let mut hosts = vec![format!("{app}.{}", ctl.domain())];
+    hosts.extend(ctl.db().domains(app).await?);
+    Ok(hosts)
+}
+
+#[derive(Serialize)]
+struct CertOut {
+    names: Vec<String>,
+    fingerprint: String,
+    not_after: i64,
+    created_at: i64,
+}
+
+impl From<crate::db::CertRow> for CertOut {
+    fn from(c: crate::db::CertRow) -> Self {
+        CertOut {
+            names: c.names,
+            fingerprint: c.fingerprint,
+            not_after: c.not_after,
+            created_at: c.created_at,
+        }
+    }
+}
+
+async fn list_certs(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<CertOut>>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let certs = ctl.db().certs(&app).await?;
+    Ok(Json(certs.into_iter().map(CertOut::from).collect()))
+}
+
+#[derive(Deserialize)]
+struct AddCert {
+    /// The certificate, then any intermediates, in PEM.
+    certificate: String,
+    /// Its unencrypted private key in PEM. Never logged nor returned.
+    private_key: String,
+}
+
+#[derive(Serialize)]
+struct AddedCert {
+    #[serde(flatten)]
+    cert: CertOut,
+    /// How many of the app's certificates for exactly the same names it replaced.
+    replaced: u64,
+}
+
+async fn add_cert(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Body(body): Body<AddCert>,
+) -> Result<(StatusCode, Json<AddedCert>)> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let now = chrono::Utc::now().timestamp();
+    let cert = crate::certs::check(&body.certificate, &body.private_key, now)
+        .map_err(ControllerError::BadRequest)?;
+    if let Some(name) = crate::certs::foreign_name(&cert.names, &app_hosts(&ctl, &app).await?) {
+        return Err(ControllerError::BadRequest(format!(
+            "the certificate names {name}, which is not a domain of {app}: add it with domains:add first"
+        )));
+    }
+    let replaced = ctl.db().add_cert(&app, &cert).await?;
+    ctl.record(
+        Some(&app),
+        "cert",
+        caller.0.as_str(),
+        &format!(
+            "added certificate {} for {}",
+            cert.fingerprint,
+            cert.names.join(", ")
+        ),
+    )
+    .await;
+    ctl.notify(Event::TlsChanged(app));
+    Ok((
+        StatusCode::CREATED,
+        Json(AddedCert {
+            cert: CertOut {
+                names: cert.names,
+                fingerprint: cert.fingerprint,
+                not_after: cert.not_after,
+                created_at: now,
+            },
+            replaced,
+        }),
+    ))
+}
+
+/// Removes the app's certificates that cover `name` (one of their names, exactly) or whose
+/// fingerprint it is.
+async fn remove_cert(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path((raw, name)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    let wanted = name.trim().to_ascii_lowercase();
+    let fingerprint = wanted.strip_prefix("sha256:").unwrap_or(&wanted);
+    let matching: Vec<String> = ctl
+        .db()
+        .certs(&app)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.names.contains(&wanted) || c.fingerprint.strip_prefix("SHA256:") == Some(fingerprint)
+        })
+        .map(|c| c.fingerprint)
+        .collect();
+    if matching.is_empty() {
+        return Err(ControllerError::NotFound(format!(
+            "{app} has no certificate for {name}"
+        )));
+    }
+    for fp in &matching {
+        ctl.db().remove_cert(&app, fp).await?;
+        ctl.record(
+            Some(&app),
+            "cert",
+            caller.0.as_str(),
+            &format!("removed certificate {fp}"),
+        )
+        .await;
+    }
+    ctl.notify(Event::TlsChanged(app));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Tls {
+    /// Whether plain HTTP requests are redirected to HTTPS.
+    https_enforced: bool,
+}
+
+async fn get_tls(State(ctl): Ctl, caller: Caller, Path(raw): Path<String>) -> Result<Json<Tls>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    Ok(Json(Tls {
+        https_enforced: ctl.db().https_enforced(&app).await?,
+    }))
+}
+
+async fn set_tls(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Body(body): Body<Tls>,
+) -> Result<Json<Tls>> {
+    let app = authorized_app(&ctl, &caller.0, &raw).await?;
+    // Redirecting to HTTPS without a certificate would lock every client out.
+    if body.https_enforced && ctl.db().certs(&app).await?.is_empty() {
+        return Err(ControllerError::BadRequest(format!(
+            "{app} has no certificate: add one with certs:add before tls:enable"
+        )));
+    }
+    ctl.db()
+        .set_https_enforced(&app, body.https_enforced)
+        .await?;
+    let detail = if body.https_enforced {
+        "HTTPS enforced"
+    } else {
+        "HTTPS no longer enforced"
+    };
+    ctl.record(Some(&app), "tls", caller.0.as_str(), detail)
+        .await;
+    ctl.notify(Event::TlsChanged(app));
+    Ok(Json(body))
 }
 
 #[derive(Serialize)]

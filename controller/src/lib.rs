@@ -6,6 +6,7 @@
 //! Invariant: only [`db`] holds SQL; the API and the ports go through [`Controller`]'s methods.
 
 pub mod api;
+pub mod certs;
 pub mod db;
 mod error;
 pub mod logs;
@@ -21,6 +22,7 @@ use slipway_core::ports::{
     AppAccess, BuiltImage, GcReport, Identity, KeptImage, KeyOwner, PortError, RegistryGc, Releases,
 };
 use slipway_core::routes::Routes;
+use slipway_core::tls::Certs;
 use slipway_core::{AppName, Fingerprint, Release, UserName};
 use slipway_runtime::{Engine, RegistryAuth};
 
@@ -103,11 +105,13 @@ fn hash_token(token: &str) -> String {
 
 impl Controller {
     /// Opens the database, creates the admin user on first start, and starts the reconciler
-    /// (which brings back every app at once).
+    /// (which brings back every app at once). The reconciler publishes the route table to
+    /// `routes` and the apps' certificates to `certs`.
     pub async fn start(
         config: ControllerConfig,
         engine: Arc<dyn Engine>,
         routes: Routes,
+        certs: Certs,
     ) -> Result<(Arc<Controller>, Option<FirstStart>), ControllerError> {
         let db = match &config.database_url {
             Some(url) => Db::open(url).await?,
@@ -128,6 +132,7 @@ impl Controller {
             db.clone(),
             engine.clone(),
             routes.clone(),
+            certs,
             logs.clone(),
             crashes.clone(),
             ReconcilerConfig {

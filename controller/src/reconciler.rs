@@ -15,6 +15,9 @@
 //!
 //! Every running container's output is collected into the app's log.
 //!
+//! Certificates: at start and after every change of an app's certificates, the loop publishes
+//! all apps' certificates to the router as one new [`CertTable`] snapshot.
+//!
 //! Invariant: it only touches containers labelled with its own `slipway.instance` id, and it
 //! routes traffic only to instances that accepted a connection.
 
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_core::routes::{AppRoute, RouteTable, Routes};
+use slipway_core::tls::{CertTable, Certs};
 use slipway_core::{AppName, Release};
 use slipway_runtime::{
     Container, ContainerSpec, Engine, LABEL_INSTANCE, LABEL_ONEOFF, RegistryAuth,
@@ -70,6 +74,8 @@ pub enum Event {
     Restarted(AppName, Option<String>),
     /// The app's maintenance mode was turned on or off.
     MaintenanceChanged(AppName),
+    /// The app's certificates, or its redirect to HTTPS, changed.
+    TlsChanged(AppName),
     /// The app was destroyed.
     Destroyed(AppName),
     /// One of the app's instances exited (crashed, or was killed outside Slipway).
@@ -90,6 +96,8 @@ struct Served {
     maintenance: bool,
     /// The request body limit of the serving release (`SLIPWAY_MAX_BODY_SIZE`).
     max_body: Option<u64>,
+    /// Plain HTTP requests are redirected to HTTPS.
+    https_enforced: bool,
 }
 
 /// Settings of the reconciler.
@@ -115,6 +123,7 @@ pub struct Reconciler {
     db: Db,
     engine: Arc<dyn Engine>,
     routes: Routes,
+    certs: Certs,
     config: ReconcilerConfig,
     /// Host names and ready web backends per app; the route table is built from this.
     ready: Mutex<BTreeMap<AppName, Served>>,
@@ -233,6 +242,7 @@ impl Reconciler {
         db: Db,
         engine: Arc<dyn Engine>,
         routes: Routes,
+        certs: Certs,
         logs: Arc<AppLogs>,
         crashes: Arc<CrashBook>,
         config: ReconcilerConfig,
@@ -242,6 +252,7 @@ impl Reconciler {
             db,
             engine,
             routes,
+            certs,
             config,
             ready: Mutex::default(),
             crashes,
@@ -258,6 +269,7 @@ impl Reconciler {
             tx.clone(),
         ));
         tokio::spawn(async move {
+            this.publish_certs().await;
             let mut tick = tokio::time::interval(this.config.tick);
             loop {
                 let event = tokio::select! {
@@ -277,6 +289,10 @@ impl Reconciler {
             | Event::DomainsChanged(app)
             | Event::MaintenanceChanged(app)
             | Event::InstanceExited(app) => vec![app],
+            Event::TlsChanged(app) => {
+                self.publish_certs().await;
+                vec![app]
+            }
             Event::Restarted(app, process) => {
                 let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
                 // Two restarts before a pass: of the same type stays that type, else all.
@@ -289,6 +305,7 @@ impl Reconciler {
             }
             Event::Destroyed(app) => {
                 self.crashes.forget(&app);
+                self.publish_certs().await;
                 vec![app]
             }
             Event::Tick => match self.all_apps().await {
@@ -545,12 +562,29 @@ impl Reconciler {
         let mut hosts = vec![format!("{app}.{}", self.config.domain)];
         hosts.extend(self.db.domains(app).await.map_err(|e| e.to_string())?);
         let maintenance = self.db.maintenance(app).await.map_err(|e| e.to_string())?;
+        let https_enforced = (self.db.https_enforced(app).await).map_err(|e| e.to_string())?;
         Ok(Served {
             hosts,
             backends,
             maintenance,
             max_body,
+            https_enforced,
         })
+    }
+
+    /// Publishes every app's certificates to the router as one new snapshot.
+    async fn publish_certs(&self) {
+        match self.db.tls_certs().await {
+            Ok(certs) => {
+                let mut table = CertTable::default();
+                for cert in certs {
+                    table.insert(cert);
+                }
+                info!(certs = table.len(), "route: certificates published");
+                self.certs.publish(table);
+            }
+            Err(e) => warn!("route: reading certificates: {e}"),
+        }
     }
 
     /// Records a crash of `process` of release `label`, reports it in the app's events (and, from
@@ -744,7 +778,8 @@ impl Reconciler {
                     served.hosts.clone(),
                     AppRoute::new(app.clone(), served.backends.clone())
                         .with_maintenance(served.maintenance)
-                        .with_max_body(served.max_body),
+                        .with_max_body(served.max_body)
+                        .with_https_enforced(served.https_enforced),
                 );
             }
             self.routes.publish(table);

@@ -1,5 +1,5 @@
 //! Slipway's shared vocabulary: the names every part agrees on (apps, users, key fingerprints),
-//! releases and process types, the live route table, and the ports through which the builder
+//! releases and process types, the live route and certificate tables, and the ports through which the builder
 //! and the registry ask the controller questions.
 //!
 //! Invariant: this crate does no IO. It holds data types, validation and trait definitions only,
@@ -12,6 +12,7 @@ pub mod ports;
 pub mod procfile;
 pub mod release;
 pub mod routes;
+pub mod tls;
 
 pub use names::{AppName, Fingerprint, NameError, UserName};
 pub use release::{Config, ProcessTypes, Release};

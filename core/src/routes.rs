@@ -37,6 +37,8 @@ pub struct AppRoute {
     pub max_body: Option<u64>,
     /// Requests in flight and quarantine, one entry per backend, in the order of `backends`.
     load: Box<[BackendLoad]>,
+    /// Plain HTTP requests are redirected to HTTPS (`tls:enable`).
+    pub https_enforced: bool,
     next: AtomicUsize,
     /// Set when the route is published: the app's counters from the table before, else new.
     stats: OnceLock<Arc<AppStats>>,
@@ -70,6 +72,7 @@ impl AppRoute {
             maintenance: false,
             max_body: None,
             load,
+            https_enforced: false,
             next: AtomicUsize::new(0),
             stats: OnceLock::new(),
         }
@@ -78,6 +81,12 @@ impl AppRoute {
     /// The same route, in or out of maintenance mode.
     pub fn with_maintenance(mut self, on: bool) -> Self {
         self.maintenance = on;
+        self
+    }
+
+    /// The same route, redirecting plain HTTP to HTTPS or not.
+    pub fn with_https_enforced(mut self, on: bool) -> Self {
+        self.https_enforced = on;
         self
     }
 

@@ -12,11 +12,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 /// The client's address, appended to any chain the client sent.
 pub(crate) const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-/// The scheme the client used; always `http` until the router terminates TLS.
+/// The scheme the client used: `https` for requests that came over TLS, else `http`.
 pub(crate) const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 /// The `Host` the client asked for, port included.
 pub(crate) const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
-/// The port the router accepted the request on.
+/// The port the router accepted the request on (its TLS port for requests over TLS).
 pub(crate) const X_FORWARDED_PORT: &str = "X-Forwarded-Port";
 /// Correlates the client's request, the app's logs and the router's logs.
 pub(crate) const X_REQUEST_ID: &str = "X-Request-Id";

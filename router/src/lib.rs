@@ -6,24 +6,31 @@
 //!   explains how the router keeps pingora away from the process's signals.
 //! - `proxy` is the request lifecycle: which pingora `ProxyHttp` phases the router overrides, and
 //!   why.
+//! - `tls` is HTTPS: the TLS listener's settings and the certificate picked per handshake by
+//!   SNI from the published [`CertTable`](slipway_core::tls::CertTable); `redirect` answers
+//!   plain HTTP for apps that enforce HTTPS.
 //! - `forwarded` holds the header rules (X-Forwarded-*, X-Request-Id, hop-by-hop fields) as plain
 //!   functions; `pages` renders the error pages and names each failure with a stable code word.
 //!
 //! Invariants:
 //! - The router never calls the controller, or anything else, on the request path. It reads the
-//!   latest [`RouteTable`](slipway_core::routes::RouteTable) snapshot, which never blocks.
+//!   latest [`RouteTable`](slipway_core::routes::RouteTable) snapshot, which never blocks; TLS
+//!   handshakes likewise read only the latest certificate snapshot.
 //! - The router never takes process signals and never exits the process. The embedding process
 //!   (`slipway server`) handles Ctrl-C and SIGTERM and calls [`RouterHandle::stop`].
 
 mod forwarded;
 mod pages;
 mod proxy;
+mod redirect;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use slipway_core::routes::Routes;
+use slipway_core::tls::Certs;
 
 pub use server::RouterHandle;
 
@@ -88,6 +95,18 @@ impl RouterConfig {
     }
 }
 
+/// How the router accepts HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address to accept TLS on (`SLIPWAY_HTTPS_ADDR`, `slipway server` defaults to
+    /// `0.0.0.0:8443`). Port 0 asks the kernel for a free port; [`RouterHandle::tls_addr`] tells
+    /// which one it chose.
+    pub listen: SocketAddr,
+    /// The certificates to present, by server name; the controller publishes changes here and
+    /// the next handshake uses them.
+    pub certs: Certs,
+}
+
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -103,6 +122,9 @@ pub enum RouterError {
         #[source]
         source: std::io::Error,
     },
+    /// OpenSSL refused the TLS listener's settings.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// The router's thread could not be started.
     #[error("cannot start the router thread")]
     Spawn(#[source] std::io::Error),
@@ -115,5 +137,15 @@ pub enum RouterError {
 /// calling this from async code is fine, as it only binds a socket and spawns a thread.
 /// Connections that arrive before the proxy's first `accept` wait in the socket's backlog.
 pub fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle, RouterError> {
-    server::start(config, routes)
+    server::start(config, routes, None)
+}
+
+/// Like [`start`], and also accepts HTTPS as `tls` says: HTTP/2 or HTTP/1.1 by ALPN, a
+/// certificate per server name. Both sockets are bound before this returns.
+pub fn start_with_tls(
+    config: RouterConfig,
+    routes: Routes,
+    tls: TlsConfig,
+) -> Result<RouterHandle, RouterError> {
+    server::start(config, routes, Some(tls))
 }

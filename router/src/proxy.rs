@@ -8,12 +8,14 @@
 //! - `request_filter`: reads the host, settles the request id, looks the host up in the current
 //!   route-table snapshot and picks a backend. An unknown host is answered 404 (`no_route`) and
 //!   an app without a ready instance 503 (`no_backend`), or in maintenance mode 503
-//!   (`maintenance`), right here, before any upstream work.
+//!   (`maintenance`), right here, before any upstream work. A plain HTTP request to an app that
+//!   enforces HTTPS is redirected there (see `redirect`).
 //! - `upstream_peer`: turns the chosen backend into a plain HTTP/1.1 [`HttpPeer`]; pingora keeps
 //!   its connections in a keep-alive pool. On a retry it moves on to the app's next backend.
 //! - `fail_to_connect`: a failed connect has sent nothing yet, so it is retried on the app's
 //!   other backends, each tried once.
-//! - `upstream_request_filter`: sets X-Forwarded-For/Proto/Host/Port and X-Request-Id. Pingora's
+//! - `upstream_request_filter`: sets X-Forwarded-For/Proto/Host/Port (Proto `https` and the TLS
+//!   port for requests that came over TLS) and X-Request-Id. Pingora's
 //!   default upstream request policy has already removed the standard hop-by-hop fields and those
 //!   the client's `Connection` names.
 //! - `response_filter`: removes the response's hop-by-hop fields that pingora passes through and
@@ -46,6 +48,7 @@ use crate::RouterLimits;
 use crate::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT};
 use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID, X_REQUEST_START};
 use crate::pages::{self, Failure};
+use crate::redirect;
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +60,9 @@ pub(crate) struct Router {
     /// same for every request.
     listen_port: HeaderValue,
     limits: RouterLimits,
+    /// The port the router accepts TLS on, if it does: the X-Forwarded-Port of requests that
+    /// came over TLS, and the port of redirects to HTTPS.
+    tls_port: Option<(u16, HeaderValue)>,
 }
 
 impl Router {
@@ -65,7 +71,14 @@ impl Router {
             routes,
             listen_port: HeaderValue::from(listen_port),
             limits,
+            tls_port: None,
         }
+    }
+
+    /// The same router, told the port it accepts TLS on.
+    pub(crate) fn with_tls_port(mut self, port: Option<u16>) -> Self {
+        self.tls_port = port.map(|p| (p, HeaderValue::from(p)));
+        self
     }
 }
 
@@ -90,6 +103,8 @@ pub(crate) struct RequestCtx {
     attempts: usize,
     /// Request body bytes received so far.
     body_bytes: u64,
+    /// Whether the request came over TLS.
+    tls: bool,
 }
 
 impl RequestCtx {
@@ -142,6 +157,7 @@ impl ProxyHttp for Router {
             tried: Vec::new(),
             attempts: 0,
             body_bytes: 0,
+            tls: false,
         }
     }
 
@@ -149,6 +165,9 @@ impl ProxyHttp for Router {
         let req = session.req_header();
         ctx.request_id = forwarded::request_id(req.headers.get(X_REQUEST_ID));
         ctx.host = forwarded::request_host(req).unwrap_or_default().to_owned();
+        ctx.tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
 
         let Some(route) = self.routes.snapshot().lookup(&ctx.host).cloned() else {
             tracing::info!(
@@ -169,6 +188,12 @@ impl ProxyHttp for Router {
                 "route: request header too large"
             );
             respond(session, ctx, Failure::HeadersTooLarge).await?;
+            return Ok(true);
+        }
+        if let (true, false, Some((port, _))) = (route.https_enforced, ctx.tls, &self.tls_port) {
+            ctx.route = Some(route);
+            let request_id = ctx.request_id().to_owned();
+            redirect::send(session, &ctx.host, *port, &request_id).await?;
             return Ok(true);
         }
         if route.maintenance {
@@ -273,13 +298,17 @@ impl ProxyHttp for Router {
                 upstream_request.remove_header(X_FORWARDED_FOR);
             }
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+        let (proto, port) = match (&self.tls_port, ctx.tls) {
+            (Some((_, port)), true) => ("https", port),
+            _ => ("http", &self.listen_port),
+        };
+        upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
         if ctx.host.is_empty() {
             upstream_request.remove_header(X_FORWARDED_HOST);
         } else {
             upstream_request.insert_header(X_FORWARDED_HOST, ctx.host.as_str())?;
         }
-        upstream_request.insert_header(X_FORWARDED_PORT, self.listen_port.clone())?;
+        upstream_request.insert_header(X_FORWARDED_PORT, port.clone())?;
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id_value()?)?;
         upstream_request.insert_header(X_REQUEST_START, forwarded::request_start(ctx.received))?;
         Ok(())

@@ -14,7 +14,12 @@
 //! very socket through its listen-fd table, the mechanism it uses to hand sockets over during
 //! graceful upgrades: [`PreBound`] gives the proxy service a table that holds the socket under
 //! its address, and pingora listens on it instead of binding again. There is no window between a
-//! check and a second bind, and port 0 works.
+//! check and a second bind, and port 0 works. The HTTPS socket, when there is one, is bound and
+//! adopted the same way, as a second endpoint of the same service: one runtime serves both.
+//!
+//! Protocols. The plain listener speaks HTTP/1.1 and, to clients that open with HTTP/2's
+//! preface (prior knowledge), h2c; the TLS listener offers h2 then http/1.1 by ALPN. Upstream
+//! connections are HTTP/1.1 either way.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
@@ -23,6 +28,8 @@ use std::thread::{self, JoinHandle};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{
     Fds, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -33,7 +40,7 @@ use slipway_core::routes::Routes;
 use tokio::sync::watch;
 
 use crate::proxy::Router;
-use crate::{RouterConfig, RouterError, RouterLimits};
+use crate::{RouterConfig, RouterError, RouterLimits, TlsConfig};
 
 /// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
 const STOP_GRACE_SECONDS: u64 = 2;
@@ -46,6 +53,7 @@ const SERVICE_NAME: &str = "slipway-router";
 #[derive(Debug)]
 pub struct RouterHandle {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     thread: JoinHandle<()>,
 }
@@ -54,6 +62,11 @@ impl RouterHandle {
     /// The address the router accepts on, with the actual port when port 0 was asked for.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the router accepts HTTPS on, if it does, with the actual port.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stops accepting connections, lets requests in flight finish for up to
@@ -72,38 +85,55 @@ impl RouterHandle {
     }
 }
 
-pub(crate) fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle, RouterError> {
+pub(crate) fn start(
+    config: RouterConfig,
+    routes: Routes,
+    tls: Option<TlsConfig>,
+) -> Result<RouterHandle, RouterError> {
     config.validate()?;
-    let bind_error = |source| RouterError::Bind {
-        addr: config.listen,
-        source,
+    let http = bind(config.listen)?;
+    let tls = match tls {
+        Some(tls) => {
+            let settings = crate::tls::settings(tls.certs).map_err(RouterError::Tls)?;
+            Some((bind(tls.listen)?, settings))
+        }
+        None => None,
     };
-    // Rust's std sets SO_REUSEADDR on listeners, as pingora does when it binds by itself, so a
-    // restarted server can take the port back while old connections sit in TIME_WAIT.
-    let listener = TcpListener::bind(config.listen).map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
-    // Pingora registers the adopted socket with tokio, which needs it non-blocking.
-    listener.set_nonblocking(true).map_err(bind_error)?;
+    let local_addr = http.1;
+    let tls_addr = tls.as_ref().map(|((_, addr), _)| *addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let threads = config.threads;
     let limits = config.limits;
     let thread = thread::Builder::new()
         .name(SERVICE_NAME.to_owned())
-        .spawn(move || run(listener, local_addr, threads, limits, routes, stop_rx))
+        .spawn(move || run(http, tls, threads, limits, routes, stop_rx))
         .map_err(RouterError::Spawn)?;
-    tracing::info!(listen = %local_addr, "route: router listening");
+    tracing::info!(listen = %local_addr, tls = ?tls_addr, "route: router listening");
     Ok(RouterHandle {
         local_addr,
+        tls_addr,
         stop: stop_tx,
         thread,
     })
 }
 
+/// Binds a listen socket for pingora to adopt; returns it with its actual address.
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RouterError> {
+    let bind_error = |source| RouterError::Bind { addr, source };
+    // Rust's std sets SO_REUSEADDR on listeners, as pingora does when it binds by itself, so a
+    // restarted server can take the port back while old connections sit in TIME_WAIT.
+    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    // Pingora registers the adopted socket with tokio, which needs it non-blocking.
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok((listener, local_addr))
+}
+
 /// The router thread: runs pingora until [`StopSignal`] fires.
 fn run(
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    (http, http_addr): (TcpListener, SocketAddr),
+    tls: Option<((TcpListener, SocketAddr), TlsSettings)>,
     threads: usize,
     limits: RouterLimits,
     routes: Routes,
@@ -127,17 +157,28 @@ fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    // Pingora looks sockets up in the table by the exact string the listener was added with.
-    let key = local_addr.to_string();
+    let tls_port = tls.as_ref().map(|((_, addr), _)| addr.port());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Router::new(routes, local_addr.port(), limits),
+        Router::new(routes, http_addr.port(), limits).with_tls_port(tls_port),
         SERVICE_NAME,
     );
-    proxy.add_tcp(&key);
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     let mut fds = Fds::new();
-    // Ownership of the socket passes to pingora, which closes it when the service ends.
-    fds.add(key, listener.into_raw_fd());
+    // Pingora looks sockets up in the table by the exact string the listener was added with.
+    // Ownership of each socket passes to pingora, which closes it when the service ends.
+    let key = http_addr.to_string();
+    proxy.add_tcp(&key);
+    fds.add(key, http.into_raw_fd());
+    if let Some(((listener, addr), settings)) = tls {
+        let key = addr.to_string();
+        proxy.add_tls_with_settings(&key, None, settings);
+        fds.add(key, listener.into_raw_fd());
+    }
     server.add_service(PreBound {
         inner: proxy,
         fds: Arc::new(Mutex::new(fds)),

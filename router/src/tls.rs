@@ -1,0 +1,165 @@
+//! HTTPS: the TLS listener's settings and the certificate it presents, picked per handshake by
+//! the server name the client sends (SNI) from the controller's published
+//! [`CertTable`](slipway_core::tls::CertTable).
+//!
+//! Pingora pauses each handshake once the client's hello has arrived and calls
+//! [`SniCerts::certificate_callback`], which installs the certificate (with its chain and key)
+//! that the current snapshot holds for the name: an exact name first, else a wildcard. A name
+//! without a certificate gets none, and OpenSSL ends that handshake with an alert; nothing
+//! else is served in its place.
+//!
+//! The table carries PEM; parsing it costs tens of microseconds per certificate, so it is done
+//! once per published snapshot, on the first handshake that sees it, and reuses what the
+//! previous snapshot had already parsed (matched by fingerprint). Handshakes never wait on the
+//! controller.
+//!
+//! Invariant: no private key and no certificate body reaches a log line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::listeners::TlsAccept;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::ext;
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::NameType;
+use pingora::tls::x509::X509;
+use slipway_core::tls::{CertTable, Certs, TlsCert};
+
+/// A parsed certificate, ready to install into a handshake.
+struct Loaded {
+    leaf: X509,
+    intermediates: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl Loaded {
+    fn parse(cert: &TlsCert) -> Result<Loaded, String> {
+        let mut chain = X509::stack_from_pem(cert.chain_pem.as_bytes())
+            .map_err(|e| format!("certificate: {e}"))?
+            .into_iter();
+        let leaf = chain.next().ok_or("certificate: no PEM certificate")?;
+        let key = PKey::private_key_from_pem(cert.key_pem().as_bytes())
+            // OpenSSL's message names no key material.
+            .map_err(|e| format!("private key: {e}"))?;
+        Ok(Loaded {
+            leaf,
+            intermediates: chain.collect(),
+            key,
+        })
+    }
+
+    fn install(&self, ssl: &mut TlsRef) -> Result<(), String> {
+        ext::ssl_use_certificate(ssl, &self.leaf).map_err(|e| e.to_string())?;
+        ext::ssl_use_private_key(ssl, &self.key).map_err(|e| e.to_string())?;
+        for cert in &self.intermediates {
+            ext::ssl_add_chain_cert(ssl, cert).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// One snapshot of the certificate table, parsed.
+#[derive(Default)]
+struct Parsed {
+    table: Arc<CertTable>,
+    /// By fingerprint; certificates that did not parse are absent.
+    loaded: HashMap<String, Arc<Loaded>>,
+}
+
+impl Parsed {
+    /// Parses `table`, reusing what `previous` holds for the same fingerprints.
+    fn new(table: Arc<CertTable>, previous: &Parsed) -> Parsed {
+        let mut loaded = HashMap::with_capacity(table.len());
+        for cert in table.certs() {
+            if loaded.contains_key(&cert.fingerprint) {
+                continue;
+            }
+            if let Some(done) = previous.loaded.get(&cert.fingerprint) {
+                loaded.insert(cert.fingerprint.clone(), done.clone());
+                continue;
+            }
+            match Loaded::parse(cert) {
+                Ok(done) => {
+                    loaded.insert(cert.fingerprint.clone(), Arc::new(done));
+                }
+                Err(e) => tracing::warn!(
+                    code = "tls_bad_cert",
+                    names = ?cert.names,
+                    fingerprint = %cert.fingerprint,
+                    "route: certificate not usable: {e}"
+                ),
+            }
+        }
+        Parsed { table, loaded }
+    }
+}
+
+/// The TLS listener's certificate source: the published table, parsed.
+pub(crate) struct SniCerts {
+    certs: Certs,
+    parsed: Mutex<Arc<Parsed>>,
+}
+
+impl SniCerts {
+    pub(crate) fn new(certs: Certs) -> Self {
+        SniCerts {
+            certs,
+            parsed: Mutex::default(),
+        }
+    }
+
+    /// The parsed form of the current snapshot, parsing it now if it is new.
+    fn current(&self) -> Arc<Parsed> {
+        let table = self.certs.snapshot();
+        let mut parsed = self.parsed.lock();
+        if !Arc::ptr_eq(&parsed.table, &table) {
+            *parsed = Arc::new(Parsed::new(table, &parsed));
+        }
+        parsed.clone()
+    }
+
+    /// The certificate to present for `server_name`.
+    fn find(&self, server_name: &str) -> Option<Arc<Loaded>> {
+        let parsed = self.current();
+        let cert = parsed.table.lookup(server_name)?;
+        parsed.loaded.get(&cert.fingerprint).cloned()
+    }
+}
+
+#[async_trait]
+impl TlsAccept for SniCerts {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let Some(name) = ssl.servername(NameType::HOST_NAME).map(str::to_owned) else {
+            tracing::debug!(code = "tls_no_sni", "route: TLS client sent no server name");
+            return;
+        };
+        let Some(loaded) = self.find(&name) else {
+            tracing::debug!(
+                code = "tls_no_cert",
+                server_name = %name,
+                "route: no certificate for this name"
+            );
+            return;
+        };
+        if let Err(e) = loaded.install(ssl) {
+            tracing::warn!(
+                code = "tls_install",
+                server_name = %name,
+                "route: cannot present the certificate: {e}"
+            );
+        }
+    }
+}
+
+/// The TLS listener's settings: Mozilla's intermediate profile, certificates from `certs` by
+/// SNI, and ALPN offering HTTP/2 before HTTP/1.1.
+pub(crate) fn settings(certs: Certs) -> Result<TlsSettings, String> {
+    let mut settings =
+        TlsSettings::with_callbacks(Box::new(SniCerts::new(certs))).map_err(|e| e.to_string())?;
+    settings.enable_h2();
+    Ok(settings)
+}
