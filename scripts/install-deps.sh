@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Slipway needs on a Debian machine and makes sure the Docker Engine is running:
 # Docker Engine (Debian's docker.io), git, the OpenSSH client, debootstrap (stack images),
-# skopeo (pushing stacks), curl, PostgreSQL (the suite runs on it too), and the C toolchain bits the Rust build needs (cmake, libssl-dev).
+# skopeo (pushing stacks), curl, python3-websocket (the WebSocket client of the TLS test), PostgreSQL (the suite runs on it too), and the C toolchain bits the Rust build needs (cmake, libssl-dev).
 # Safe to run again: it installs only what is missing and starts dockerd only when it is down.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ have ssh-keygen || need+=(openssh-client)
 have debootstrap || need+=(debootstrap)
 have skopeo || need+=(skopeo)
 have curl || need+=(curl)
+/usr/bin/python3 -c 'import websocket' 2>/dev/null || need+=(python3-websocket)
 have docker-registry || need+=(docker-registry)
 have cmake || need+=(cmake)
 have pkg-config || need+=(pkg-config)

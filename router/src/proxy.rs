@@ -18,8 +18,9 @@
 //!   port for requests that came over TLS) and X-Request-Id. Pingora's
 //!   default upstream request policy has already removed the standard hop-by-hop fields and those
 //!   the client's `Connection` names.
-//! - `response_filter`: removes the response's hop-by-hop fields that pingora passes through and
-//!   returns X-Request-Id to the client.
+//! - `response_filter`: removes the response's hop-by-hop fields that pingora passes through,
+//!   answers in HTTP/1.1 even when the app answered in HTTP/1.0, and returns X-Request-Id to
+//!   the client.
 //! - `fail_to_proxy`: answers a failed request with the router's page for it: 502
 //!   (`upstream_connect`, `upstream_failed`), 504 (`upstream_timeout`), 4xx (`bad_request`),
 //!   500 (`internal`).
@@ -341,6 +342,11 @@ impl ProxyHttp for Router {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forwarded::strip_response_hop_by_hop(upstream_response);
+        // The router speaks HTTP/1.1 to clients whatever the app speaks (RFC 9110 §6.2): an
+        // HTTP/1.0 status line would tell clients the connection cannot be kept alive.
+        if upstream_response.version < http::Version::HTTP_11 {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id_value()?)?;
         Ok(())
     }

@@ -80,6 +80,8 @@ pub struct Server {
     pub registry: u16,
     /// Router port.
     pub http: u16,
+    /// Router HTTPS port.
+    pub https: u16,
     /// The admin token.
     pub token: String,
     /// The PostgreSQL database this server runs on, when the suite runs on PostgreSQL.
@@ -152,6 +154,7 @@ impl Server {
             ssh: free_port(),
             registry: free_port(),
             http: free_port(),
+            https: free_port(),
             token: String::new(),
             database: Postgres::for_this_run(),
             env: env
@@ -168,6 +171,7 @@ impl Server {
                 Err(log) if attempt < 5 && log.contains("Address already in use") => {
                     (server.api, server.ssh) = (free_port(), free_port());
                     (server.registry, server.http) = (free_port(), free_port());
+                    server.https = free_port();
                 }
                 Err(log) => panic!("{log}"),
             }
@@ -204,6 +208,7 @@ impl Server {
                 format!("127.0.0.1:{}", self.registry),
             )
             .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http))
+            .env("SLIPWAY_HTTPS_ADDR", format!("127.0.0.1:{}", self.https))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
