@@ -9,7 +9,8 @@
 //!   route-table snapshot and picks a backend. An unknown host is answered 404 (`no_route`) and
 //!   an app without a ready instance 503 (`no_backend`), or in maintenance mode 503
 //!   (`maintenance`), right here, before any upstream work. A plain HTTP request to an app that
-//!   enforces HTTPS is redirected there (see `redirect`).
+//!   enforces HTTPS is redirected there (see `redirect`) when the router holds a certificate
+//!   for its host, so a host without one keeps working over HTTP.
 //! - `upstream_peer`: turns the chosen backend into a plain HTTP/1.1 [`HttpPeer`]; pingora keeps
 //!   its connections in a keep-alive pool. On a retry it moves on to the app's next backend.
 //! - `fail_to_connect`: a failed connect has sent nothing yet, so it is retried on the app's
@@ -50,6 +51,7 @@ use crate::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT
 use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID, X_REQUEST_START};
 use crate::pages::{self, Failure};
 use crate::redirect;
+use crate::tls::TlsListener;
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,9 +63,8 @@ pub(crate) struct Router {
     /// same for every request.
     listen_port: HeaderValue,
     limits: RouterLimits,
-    /// The port the router accepts TLS on, if it does: the X-Forwarded-Port of requests that
-    /// came over TLS, and the port of redirects to HTTPS.
-    tls_port: Option<(u16, HeaderValue)>,
+    /// The router's TLS listener, if it has one.
+    tls: Option<TlsListener>,
 }
 
 impl Router {
@@ -72,13 +73,13 @@ impl Router {
             routes,
             listen_port: HeaderValue::from(listen_port),
             limits,
-            tls_port: None,
+            tls: None,
         }
     }
 
-    /// The same router, told the port it accepts TLS on.
-    pub(crate) fn with_tls_port(mut self, port: Option<u16>) -> Self {
-        self.tls_port = port.map(|p| (p, HeaderValue::from(p)));
+    /// The same router, told about its TLS listener.
+    pub(crate) fn with_tls(mut self, tls: Option<TlsListener>) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -191,10 +192,14 @@ impl ProxyHttp for Router {
             respond(session, ctx, Failure::HeadersTooLarge).await?;
             return Ok(true);
         }
-        if let (true, false, Some((port, _))) = (route.https_enforced, ctx.tls, &self.tls_port) {
+        if let Some(tls) = &self.tls
+            && route.https_enforced
+            && !ctx.tls
+            && tls.serves(&ctx.host)
+        {
             ctx.route = Some(route);
             let request_id = ctx.request_id().to_owned();
-            redirect::send(session, &ctx.host, *port, &request_id).await?;
+            redirect::send(session, &ctx.host, tls.port, &request_id).await?;
             return Ok(true);
         }
         if route.maintenance {
@@ -299,8 +304,8 @@ impl ProxyHttp for Router {
                 upstream_request.remove_header(X_FORWARDED_FOR);
             }
         }
-        let (proto, port) = match (&self.tls_port, ctx.tls) {
-            (Some((_, port)), true) => ("https", port),
+        let (proto, port) = match (&self.tls, ctx.tls) {
+            (Some(tls), true) => ("https", &tls.port_value),
             _ => ("http", &self.listen_port),
         };
         upstream_request.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;

@@ -36,7 +36,8 @@ pub(crate) fn location(host: &str, https_port: u16, path_and_query: &str) -> Str
     }
 }
 
-fn without_port(host: &str) -> &str {
+/// `host` without any `:port` suffix.
+pub(crate) fn without_port(host: &str) -> &str {
     if host.starts_with('[') {
         // An IPv6 literal keeps its brackets: "[::1]:8080" -> "[::1]".
         return host.find(']').map_or(host, |end| &host[..=end]);

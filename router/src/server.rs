@@ -37,9 +37,11 @@ use pingora::server::{
 use pingora::services::Service;
 use pingora::services::listening::Service as ListeningService;
 use slipway_core::routes::Routes;
+use slipway_core::tls::Certs;
 use tokio::sync::watch;
 
 use crate::proxy::Router;
+use crate::tls::TlsListener;
 use crate::{RouterConfig, RouterError, RouterLimits, TlsConfig};
 
 /// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
@@ -94,13 +96,19 @@ pub(crate) fn start(
     let http = bind(config.listen)?;
     let tls = match tls {
         Some(tls) => {
-            let settings = crate::tls::settings(tls.certs).map_err(RouterError::Tls)?;
-            Some((bind(tls.listen)?, settings))
+            let settings = crate::tls::settings(tls.certs.clone()).map_err(RouterError::Tls)?;
+            let (listener, addr) = bind(tls.listen)?;
+            Some(TlsEndpoint {
+                listener,
+                addr,
+                settings,
+                certs: tls.certs,
+            })
         }
         None => None,
     };
     let local_addr = http.1;
-    let tls_addr = tls.as_ref().map(|((_, addr), _)| *addr);
+    let tls_addr = tls.as_ref().map(|tls| tls.addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let threads = config.threads;
@@ -130,10 +138,18 @@ fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RouterError> {
     Ok((listener, local_addr))
 }
 
+/// The TLS socket, bound, and what it serves.
+struct TlsEndpoint {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: TlsSettings,
+    certs: Certs,
+}
+
 /// The router thread: runs pingora until [`StopSignal`] fires.
 fn run(
     (http, http_addr): (TcpListener, SocketAddr),
-    tls: Option<((TcpListener, SocketAddr), TlsSettings)>,
+    tls: Option<TlsEndpoint>,
     threads: usize,
     limits: RouterLimits,
     routes: Routes,
@@ -157,10 +173,11 @@ fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let tls_port = tls.as_ref().map(|((_, addr), _)| addr.port());
+    let tls_listener =
+        (tls.as_ref()).map(|tls| TlsListener::new(tls.addr.port(), tls.certs.clone()));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Router::new(routes, http_addr.port(), limits).with_tls_port(tls_port),
+        Router::new(routes, http_addr.port(), limits).with_tls(tls_listener),
         SERVICE_NAME,
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -174,10 +191,10 @@ fn run(
     let key = http_addr.to_string();
     proxy.add_tcp(&key);
     fds.add(key, http.into_raw_fd());
-    if let Some(((listener, addr), settings)) = tls {
-        let key = addr.to_string();
-        proxy.add_tls_with_settings(&key, None, settings);
-        fds.add(key, listener.into_raw_fd());
+    if let Some(tls) = tls {
+        let key = tls.addr.to_string();
+        proxy.add_tls_with_settings(&key, None, tls.settings);
+        fds.add(key, tls.listener.into_raw_fd());
     }
     server.add_service(PreBound {
         inner: proxy,

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use http::header::HeaderValue;
 use parking_lot::Mutex;
 use pingora::listeners::TlsAccept;
 use pingora::listeners::tls::TlsSettings;
@@ -152,6 +153,34 @@ impl TlsAccept for SniCerts {
                 "route: cannot present the certificate: {e}"
             );
         }
+    }
+}
+
+/// What the request path needs to know of the TLS listener.
+pub(crate) struct TlsListener {
+    /// The port it accepts on: where redirects to HTTPS go.
+    pub(crate) port: u16,
+    /// The same port as the X-Forwarded-Port of requests that came over TLS.
+    pub(crate) port_value: HeaderValue,
+    certs: Certs,
+}
+
+impl TlsListener {
+    pub(crate) fn new(port: u16, certs: Certs) -> Self {
+        TlsListener {
+            port,
+            port_value: HeaderValue::from(port),
+            certs,
+        }
+    }
+
+    /// Whether a certificate for `host` (a `Host` value, any port ignored) is published, so a
+    /// redirect there can succeed.
+    pub(crate) fn serves(&self, host: &str) -> bool {
+        self.certs
+            .snapshot()
+            .lookup(crate::redirect::without_port(host))
+            .is_some()
     }
 }
 

@@ -124,7 +124,7 @@ fn certificates(server: &Server, ca: &TestCa) {
 }
 
 /// `tls:enable` redirects plain HTTP to HTTPS (301 for GET, 308 for POST) with host, path and
-/// query; requests over TLS carry X-Forwarded-Proto https and the TLS port.
+/// query, for the hosts that have a certificate; requests over TLS carry X-Forwarded-Proto https and the TLS port.
 fn redirect_to_https(server: &Server, ca: &TestCa) {
     server.cli_ok(&["tls:enable", "-a", APP]);
     let location = format!("https://{A}:{}/headers?x=1", server.https);
@@ -134,6 +134,9 @@ fn redirect_to_https(server: &Server, ca: &TestCa) {
     });
     let (code, headers) = plain(server, A, "POST", "/headers?x=1");
     assert_eq!(code, 308, "{headers}");
+    // The app's own name has no certificate, so it is not sent where it cannot be served.
+    let own = format!("{APP}.slipway.localhost");
+    assert_eq!(plain(server, &own, "GET", "/").0, 200);
     assert!(
         headers.contains(&format!("location: {location}")),
         "{headers}"
