@@ -192,3 +192,85 @@ pub(crate) fn settings(certs: Certs) -> Result<TlsSettings, String> {
     settings.enable_h2();
     Ok(settings)
 }
+
+#[cfg(test)]
+mod tests {
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::ssl::{Ssl, SslContext, SslMethod};
+    use openssl::x509::extension::SubjectAlternativeName;
+
+    use super::*;
+
+    /// A self-signed certificate for `name` under `fingerprint` (any unique string will do).
+    fn cert(name: &str, fingerprint: &str) -> TlsCert {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut x509 = X509::builder().unwrap();
+        x509.set_pubkey(&key).unwrap();
+        x509.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        x509.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns(name)
+            .build(&x509.x509v3_context(None, None))
+            .unwrap();
+        x509.append_extension(san).unwrap();
+        x509.sign(&key, MessageDigest::sha256()).unwrap();
+        let pem = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        TlsCert::new(
+            vec![name.to_owned()],
+            fingerprint.to_owned(),
+            1,
+            pem(x509.build().to_pem().unwrap()),
+            pem(key.private_key_to_pem_pkcs8().unwrap()),
+        )
+    }
+
+    fn table(certs: Vec<TlsCert>) -> CertTable {
+        let mut table = CertTable::default();
+        certs.into_iter().for_each(|c| table.insert(c));
+        table
+    }
+
+    #[test]
+    fn certificates_are_picked_by_name_and_parsed_once() {
+        let certs = Certs::default();
+        let sni = SniCerts::new(certs.clone());
+        assert!(sni.find("a.example.com").is_none());
+
+        let a = cert("a.example.com", "fp-a");
+        let a_again = TlsCert::new(
+            a.names.clone(),
+            a.fingerprint.clone(),
+            a.not_after,
+            a.chain_pem.clone(),
+            a.key_pem().to_owned(),
+        );
+        let junk = TlsCert::new(
+            vec!["bad.example.com".into()],
+            "fp-bad".into(),
+            1,
+            "junk".into(),
+            "junk".into(),
+        );
+        certs.publish(table(vec![a, junk]));
+        let found = sni.find("a.example.com").expect("a's certificate");
+        // A certificate that does not parse is left out, and nothing is presented for it.
+        assert!(sni.find("bad.example.com").is_none());
+
+        // The next snapshot reuses what was parsed, and adds the new wildcard.
+        certs.publish(table(vec![a_again, cert("*.example.org", "fp-w")]));
+        assert!(Arc::ptr_eq(&found, &sni.find("A.example.com").unwrap()));
+        assert!(sni.find("www.example.org").is_some());
+        assert!(sni.find("example.org").is_none());
+
+        // What is found installs into a handshake: OpenSSL checks the key matches.
+        let context = SslContext::builder(SslMethod::tls()).unwrap().build();
+        let mut ssl = Ssl::new(&context).unwrap();
+        found.install(&mut ssl).unwrap();
+    }
+}
