@@ -142,13 +142,18 @@ fn redirect_to_https(server: &Server, ca: &TestCa) {
         "{headers}"
     );
 
-    let out = ca.curl(server, A, "/headers", &[]);
-    let echoed = text(&out).to_ascii_lowercase();
-    assert!(echoed.contains("x-forwarded-proto: https"), "{echoed}");
-    assert!(
-        echoed.contains(&format!("x-forwarded-port: {}", server.https)),
-        "{echoed}"
-    );
+    for version in ["--http1.1", "--http2"] {
+        let out = ca.curl(server, A, "/headers", &[version]);
+        let echoed = text(&out).to_ascii_lowercase();
+        assert!(
+            echoed.contains("x-forwarded-proto: https"),
+            "{version}: {echoed}"
+        );
+        assert!(
+            echoed.contains(&format!("x-forwarded-port: {}", server.https)),
+            "{version}: {echoed}"
+        );
+    }
 
     server.cli_ok(&["tls:disable", "-a", APP]);
     wait_for("plain HTTP again", || {
