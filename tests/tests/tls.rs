@@ -42,6 +42,7 @@ fn https_http2_websockets_and_streaming() {
     http2(&server, &ca);
     websockets(&server, &ca);
     streaming(&server, &ca);
+    new_connection_cost(&server, &ca);
 }
 
 /// SNI picks each domain's own certificate; a name without one fails the handshake; removing
@@ -269,6 +270,46 @@ fn streaming(server: &Server, ca: &TestCa) {
         );
         println!("{name}: first chunk after {first_at:?}, whole response after {last_at:?}");
     }
+}
+
+/// Prints what a request on a fresh connection costs over plain HTTP and over TLS (median of
+/// 15 each, curl's own timings), so the handshake's share is on record beside its anchor.
+fn new_connection_cost(server: &Server, ca: &TestCa) {
+    let median = |mut cmd: Command| {
+        let mut times: Vec<f64> = (0..15)
+            .map(|_| {
+                let out = run(&mut cmd);
+                assert!(out.status.success(), "{}", text(&out));
+                let said = String::from_utf8_lossy(&out.stdout).into_owned();
+                said.rsplit('\n')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap()
+                    * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let mut plain = Command::new("curl");
+    plain
+        .args(["-s", "-m", "10", "-w", "\n%{time_total}", "-H"])
+        .arg(format!("Host: {A}"))
+        .arg(format!("http://127.0.0.1:{}/", server.http));
+    let tls = |version: &str| {
+        let mut cmd = ca.curl_command(server, A, "/");
+        cmd.args([version, "-w", "\n%{time_total}"]);
+        cmd
+    };
+    let plain_ms = median(plain);
+    let h1_ms = median(tls("--http1.1"));
+    let h2_ms = median(tls("--http2"));
+    println!(
+        "request on a new connection, median of 15: plain HTTP/1.1 {plain_ms:.1} ms, \
+         TLS HTTP/1.1 {h1_ms:.1} ms, TLS HTTP/2 {h2_ms:.1} ms"
+    );
 }
 
 /// A plain HTTP request through the router without following redirects; returns the status
