@@ -75,15 +75,23 @@ fn certificates(server: &Server, ca: &TestCa) {
     assert_eq!(none.status.code(), Some(35), "{}", text(&none));
 
     // Removing a certificate, then adding it back, applies without a restart.
+    let started = Instant::now();
     server.cli_ok(&["certs:remove", "-a", APP, B]);
     wait_for("B's certificate to go", || {
         ca.curl(server, B, "/", &[]).status.code() == Some(35)
     });
+    let removed = started.elapsed();
     assert!(ca.curl(server, A, "/", &[]).status.success());
+    let started = Instant::now();
     server.cli_ok(&["certs:add", "-a", APP, path(&b_cert), path(&b_key)]);
     wait_for("B's certificate to return", || {
         ca.curl(server, B, "/", &[]).status.success()
     });
+    println!(
+        "from the command to the first handshake that shows it (polled every 200 ms): \
+         certs:remove {removed:?}, certs:add {:?}",
+        started.elapsed()
+    );
 
     // Refusals are one line, and the key never comes back.
     let (foreign_cert, foreign_key) = ca.leaf("foreign", &["www.not-this-app.test"]);
