@@ -180,6 +180,10 @@ fn run(
         Router::new(routes, http_addr.port(), limits).with_tls(tls_listener),
         SERVICE_NAME,
     );
+    // h2c: pingora reads the first 24 bytes of each plain connection to look for HTTP/2's
+    // preface. A request shorter than that (possible only without a Host, such as
+    // `GET / HTTP/1.0` and an empty line) is therefore not answered until the client sends
+    // more or closes; every request that names a host is longer.
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
