@@ -1,8 +1,13 @@
 //! The router in front of real app containers, driven with curl: wildcard custom domains, the
 //! per-app request body limit set as a config var, the 431 for oversized heads, X-Request-Start,
-//! the access log, and the per-app Prometheus metrics on the API.
+//! the access log, the per-app Prometheus metrics on the API, and deploys and restarts under
+//! steady load without a failed request.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use slipway_tests::{Server, run, text};
@@ -17,6 +22,78 @@ fn curl(server: &Server, host: &str, args: &[&str]) -> (u16, String) {
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Sends GETs for `host` over keep-alive connections until `stop`, and returns how many got a
+/// 200 and every other outcome (status, or the I/O error). A connection the router closes is
+/// reopened, as any HTTP client does; a request it sent and got no answer to counts as failed.
+fn load(port: u16, host: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match &mut conn {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect(("127.0.0.1", port)).expect("router accepts");
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                conn.insert(BufReader::new(s))
+            }
+        };
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        if stream.get_mut().write_all(request.as_bytes()).is_err() {
+            conn = None;
+            continue;
+        }
+        match read_response(stream) {
+            Ok((200, keep)) => {
+                ok += 1;
+                if !keep {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                failed.push(format!("status {status}"));
+                conn = None;
+            }
+            Err(e) => {
+                failed.push(e.to_string());
+                conn = None;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body: (status, connection kept open).
+fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool)> {
+    let mut line = String::new();
+    if stream.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::other("connection closed before an answer"));
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut keep) = (0usize, true);
+    loop {
+        let mut header = String::new();
+        stream.read_line(&mut header)?;
+        let header = header.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if header == "connection: close" {
+            keep = false;
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok((status, keep))
 }
 
 #[test]
@@ -118,4 +195,36 @@ fn the_router_routes_limits_and_counts() {
         .find_map(|l| l.strip_prefix("their API token (shown once): "))
         .expect("users:add prints the token");
     assert!(text(&metrics(token)).ends_with("403"));
+
+    // Deploys and a restart under steady load over keep-alive connections: not one request
+    // fails. Two web instances, so a restart is rolling between them.
+    server.cli_ok(&["ps:scale", "-a", "shop", "web=2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (port, host, stop) = (server.http, host.to_owned(), stop.clone());
+            std::thread::spawn(move || load(port, host, stop))
+        })
+        .collect();
+    for (i, greeting) in ["hi", "hey"].iter().enumerate() {
+        server.cli_ok(&["config:set", "-a", "shop", &format!("GREETING={greeting}")]);
+        let release = format!("{greeting} from shop v{}", i + 3);
+        server.wait_for_body("shop", &release, Duration::from_secs(60));
+    }
+    server.cli_ok(&["ps:restart", "-a", "shop"]);
+    // The restart replaces both instances, each ready before the old ones drain and stop.
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (n, f) = client.join().unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    println!(
+        "under load: {ok} requests answered 200, {} failed",
+        failed.len()
+    );
+    assert!(ok > 100, "the load ran: {ok}");
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
 }
