@@ -373,10 +373,17 @@ impl Server {
 
     /// GET `/` on the router with the given `Host`; returns (status, body).
     pub fn http_get_host(&self, host: &str) -> (u16, String) {
+        self.curl(host, "/", &[])
+    }
+
+    /// curl to `path` on the router with `Host: host` and extra curl arguments (a method, a
+    /// body, headers); returns (status, body), status 0 when no answer came within 10 s.
+    pub fn curl(&self, host: &str, path: &str, args: &[&str]) -> (u16, String) {
         let out = run(Command::new("curl")
             .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
             .arg(format!("Host: {host}"))
-            .arg(format!("http://127.0.0.1:{}/", self.http)));
+            .args(args)
+            .arg(format!("http://127.0.0.1:{}{path}", self.http)));
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
@@ -493,4 +500,22 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// Asserts that the push output has every one of `lines` as a `remote:` line's start.
+pub fn assert_remote_lines(out: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start_matches("remote: ").starts_with(line)),
+            "push output lacks {line:?}:\n{out}"
+        );
+    }
+}
+
+/// Replaces the first `from` in the file at `path` with `to`; panics if `from` is not there.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }

@@ -4,11 +4,13 @@
 //! redeployed after a change, and an app whose dependencies cannot be downloaded is rejected
 //! quickly with a message saying what to do, while the running release keeps serving.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Server, commit_all, copy_dir, git_repo, repo_root, run, text};
+use slipway_tests::{
+    Server, assert_remote_lines, commit_all, copy_dir, edit, git_repo, repo_root, text,
+};
 
 /// A server with the stacks pushed, a key, and `app` created from `fixture`, pushed once.
 struct Pushed {
@@ -48,35 +50,6 @@ fn push_fixtures(app: &str, fixtures: &[&str]) -> Pushed {
         repo,
         out,
     }
-}
-
-/// Asserts that the push output has every one of `lines` as a `remote:` line's start.
-fn assert_remote_lines(out: &str, lines: &[&str]) {
-    for line in lines {
-        assert!(
-            out.lines()
-                .any(|l| l.trim_start_matches("remote: ").starts_with(line)),
-            "push output lacks {line:?}:\n{out}"
-        );
-    }
-}
-
-/// GET `path` on the router as `<app>.slipway.localhost`; returns (status, body). (The shared
-/// `Server::http_get` asks for `/` only.)
-fn get(server: &Server, app: &str, path: &str) -> (u16, String) {
-    let out = run(Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Host: {app}.slipway.localhost"))
-        .arg(format!("http://127.0.0.1:{}{path}", server.http)));
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 fn push(p: &Pushed, app: &str) -> (Output, String) {
@@ -175,10 +148,12 @@ fn static_site_is_served() {
         .wait_for_body("site", "static-site-marker-7f3a9c", Duration::from_secs(60));
     // A directory serves its index.html; anything missing gets the site's 404.html; no
     // directory is listed.
-    let (code, body) = get(&p.server, "site", "/about/");
+    let (code, body) = p.server.curl("site.slipway.localhost", "/about/", &[]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("about-page-marker"), "{body}");
-    let (code, body) = get(&p.server, "site", "/missing.html");
+    let (code, body) = p
+        .server
+        .curl("site.slipway.localhost", "/missing.html", &[]);
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("static-site-not-found"), "{body}");
 }

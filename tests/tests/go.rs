@@ -7,24 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Server, commit_all, git_repo, repo_root, text};
-
-/// Asserts that the push output has every one of `lines` as a `remote:` line's start.
-fn assert_remote_lines(out: &str, lines: &[&str]) {
-    for line in lines {
-        assert!(
-            out.lines()
-                .any(|l| l.trim_start_matches("remote: ").starts_with(line)),
-            "push output lacks {line:?}:\n{out}"
-        );
-    }
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
-}
+use slipway_tests::{Server, assert_remote_lines, commit_all, edit, git_repo, repo_root, text};
 
 /// Pushes `repo` to the app `goapp`, asserts that the push succeeded, and returns its output.
 fn push_ok(server: &Server, repo: &Path, key: &Path) -> String {

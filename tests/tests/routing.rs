@@ -12,18 +12,6 @@ use std::time::Duration;
 
 use slipway_tests::{Server, run, text};
 
-/// curl through the router with `Host: host` and extra arguments; returns (status, body).
-fn curl(server: &Server, host: &str, args: &[&str]) -> (u16, String) {
-    let out = run(Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Host: {host}"))
-        .args(args)
-        .arg(format!("http://127.0.0.1:{}/", server.http)));
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// Sends GETs for `host` over keep-alive connections until `stop`, and returns how many got a
 /// 200 and every other outcome (status, or the I/O error). A connection the router closes is
 /// reopened, as any HTTP client does; a request it sent and got no answer to counts as failed.
@@ -106,11 +94,11 @@ fn the_router_routes_limits_and_counts() {
     let domains = server.cli_ok(&["domains", "-a", "shop"]);
     assert!(domains.contains("*.shop.test"), "{domains}");
     for host in ["tenant1.shop.test", "a.b.shop.test"] {
-        let (code, body) = curl(&server, host, &[]);
+        let (code, body) = server.curl(host, "/", &[]);
         assert_eq!(code, 200, "{host}: {body}");
         assert!(body.contains("hello from shop"), "{body}");
     }
-    assert_eq!(curl(&server, "shop.test", &[]).0, 404);
+    assert_eq!(server.curl("shop.test", "/", &[]).0, 404);
     // Wildcards over the platform's own domain, or a bare TLD, are refused.
     for bad in ["*.slipway.localhost", "*.localhost", "*.test", "*"] {
         let out = server.cli(&["domains:add", "-a", "shop", bad]);
@@ -121,7 +109,7 @@ fn the_router_routes_limits_and_counts() {
     server.cli_ok(&["domains:remove", "-a", "shop", "*.shop.test"]);
     // The route table changes a moment later, when the reconciler has read the change.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while curl(&server, "tenant1.shop.test", &[]).0 != 404 {
+    while server.curl("tenant1.shop.test", "/", &[]).0 != 404 {
         assert!(std::time::Instant::now() < deadline, "still routed");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -136,23 +124,23 @@ fn the_router_routes_limits_and_counts() {
     let small = "x".repeat(1000);
     let big = "x".repeat(2000);
     // The python app has no POST handler (501), but the router lets the small body through.
-    assert_eq!(curl(&server, host, &["--data-binary", &small]).0, 501);
-    let (code, page) = curl(&server, host, &["--data-binary", &big]);
+    assert_eq!(server.curl(host, "/", &["--data-binary", &small]).0, 501);
+    let (code, page) = server.curl(host, "/", &["--data-binary", &big]);
     assert_eq!(code, 413, "{page}");
     assert!(page.contains("larger than shop accepts"), "{page}");
-    let chunked = curl(
-        &server,
+    let chunked = server.curl(
         host,
+        "/",
         &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
     );
     assert_eq!(chunked.0, 413);
 
     // Oversized request heads are refused before they reach the app.
     let huge = format!("X-Huge: {}", "y".repeat(40_000));
-    assert_eq!(curl(&server, host, &["-H", &huge]).0, 431);
+    assert_eq!(server.curl(host, "/", &["-H", &huge]).0, 431);
 
     // Every request is in the access log, with its app, status and request id.
-    let (code, _) = curl(&server, host, &["-H", "X-Request-Id: trace-me-42"]);
+    let (code, _) = server.curl(host, "/", &["-H", "X-Request-Id: trace-me-42"]);
     assert_eq!(code, 200);
     std::thread::sleep(Duration::from_millis(500));
     let log = server.log();
