@@ -121,6 +121,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let registry = Registry::new(
         RegistryConfig {
             root: data.join("registry"),
+            token_key: data.join("registry-token-key"),
         },
         controller.clone(),
     )?

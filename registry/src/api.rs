@@ -28,13 +28,22 @@ use crate::metrics::{self, Counters};
 use crate::names::{Algorithm, Digest, Reference, RepoName, UploadId};
 use crate::route::{self, Route};
 use crate::storage::{Storage, StorageError};
+use crate::token::{Claims, LIFETIME, SERVICE, Scope, TokenKey};
 
 /// Why a request was refused before it reached storage.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// No credentials, or credentials that name no user.
-    #[error("authentication required: use HTTP Basic with a Slipway user name and API token")]
+    #[error(
+        "authentication required: log in with a Slipway user name and API token (HTTP Basic, or a bearer token from /v2/token)"
+    )]
     Unauthorized,
+    /// A bearer token that is malformed, forged, expired or for another service.
+    #[error("invalid bearer token: {0}")]
+    InvalidToken(String),
+    /// A valid bearer token that does not grant what the request needs, though its user may.
+    #[error("{0}")]
+    InsufficientScope(String),
     /// Authenticated, but this user may not do that to this repository.
     #[error("{0}")]
     Denied(String),
@@ -71,8 +80,10 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 pub(crate) struct Shared {
     /// The blob, manifest and tag store.
     pub(crate) storage: Storage,
-    /// Who is who, asked on every request.
+    /// Who is who, asked on every request that carries Basic credentials.
     pub(crate) identity: Arc<dyn Identity>,
+    /// Signs the bearer tokens `/v2/token` issues and checks those requests carry.
+    pub(crate) tokens: TokenKey,
     /// Requests and bytes, for [`crate::Registry::metrics`].
     pub(crate) counters: Arc<Counters>,
 }
@@ -84,6 +95,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v2", any(handle))
         .route("/v2/", any(handle))
         .route("/v2/{*path}", any(handle))
+        // A static route wins over the wildcard; `token` alone is no repository path.
+        .route("/v2/token", any(handle_token))
         .route("/metrics", any(handle_metrics))
         // Blob bodies stream to disk and may be gigabytes, so axum's 2 MB default must not
         // apply; manifest bodies are capped at MAX_MANIFEST_BYTES by `read_manifest`.
@@ -96,7 +109,13 @@ async fn handle_metrics(State(shared): State<Arc<Shared>>, request: Request) -> 
     shared.counters.request();
     let (parts, _body) = request.into_parts();
     let answer = async {
-        auth::authenticate(shared.identity.as_ref(), &parts.headers).await?;
+        auth::authenticate(
+            shared.identity.as_ref(),
+            &shared.tokens,
+            &parts.headers,
+            unix_now(),
+        )
+        .await?;
         if parts.method != Method::GET {
             return Err(RequestError::MethodNotAllowed {
                 method: parts.method.to_string(),
@@ -111,16 +130,123 @@ async fn handle_metrics(State(shared): State<Arc<Shared>>, request: Request) -> 
         let content_type = "text/plain; version=0.0.4; charset=utf-8";
         Ok::<_, RegistryError>(([(header::CONTENT_TYPE, content_type)], text).into_response())
     };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+    answer.await.unwrap_or_else(|e| refusal(&parts, e, &[]))
+}
+
+/// The longest form body `POST /v2/token` reads.
+const MAX_TOKEN_FORM_BYTES: usize = 64 * 1024;
+
+/// `GET /v2/token` with Basic credentials, `service` and any number of `scope`s, or
+/// `POST /v2/token` with the same as an OAuth2 form (`grant_type=password`, `username`,
+/// `password`, or Basic credentials): a bearer token granting, of the scopes asked, what the user
+/// may do. Without valid credentials, 401: there is no anonymous access.
+async fn handle_token(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    shared.counters.request();
+    let (parts, body) = request.into_parts();
+    let answer = async {
+        let params: Vec<(String, String)> = match parts.method {
+            Method::GET => {
+                let query = parts.uri.query().unwrap_or_default();
+                form_urlencoded::parse(query.as_bytes())
+                    .into_owned()
+                    .collect()
+            }
+            Method::POST => {
+                let form = axum::body::to_bytes(body, MAX_TOKEN_FORM_BYTES)
+                    .await
+                    .map_err(|e| RequestError::Query(format!("reading the token form: {e}")))?;
+                form_urlencoded::parse(&form).into_owned().collect()
+            }
+            _ => {
+                return Err(RequestError::MethodNotAllowed {
+                    method: parts.method.to_string(),
+                    endpoint: "the token endpoint",
+                }
+                .into());
+            }
+        };
+        let param = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(service) = param("service")
+            && service != SERVICE
+        {
+            let why = format!("unknown service {service:?}: this registry is {SERVICE:?}");
+            return Err(RequestError::Query(why).into());
+        }
+        let (name, password) = match (auth::basic_credentials(&parts.headers), param("grant_type"))
+        {
+            (Some(credentials), _) => credentials,
+            (None, Some("password")) => match (param("username"), param("password")) {
+                (Some(name), Some(password)) => (name.to_owned(), password.to_owned()),
+                _ => return Err(RequestError::Unauthorized.into()),
+            },
+            (None, Some(grant)) => {
+                let why = format!("unsupported grant_type {grant:?}: use password");
+                return Err(RequestError::Query(why).into());
+            }
+            (None, None) => return Err(RequestError::Unauthorized.into()),
+        };
+        let user = auth::login(shared.identity.as_ref(), &name, &password).await?;
+        // OAuth2 separates scopes with spaces; Docker repeats the parameter.
+        let scopes: Vec<Scope> = params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .flat_map(|(_, v)| v.split_whitespace())
+            .filter_map(Scope::parse)
+            .collect();
+        let access = auth::grant(shared.identity.as_ref(), &user, &scopes).await?;
+        let now = unix_now();
+        let claims = Claims::new(user.as_str(), access, now);
+        tracing::debug!(%user, access = ?claims.access, "registry token issued");
+        let token = shared.tokens.sign(&claims);
+        let issued_at = chrono::DateTime::from_timestamp(i64::try_from(now).unwrap_or(0), 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let body = json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": LIFETIME.as_secs(),
+            "issued_at": issued_at,
+        });
+        Ok::<_, RegistryError>(
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response(),
+        )
+    };
+    answer.await.unwrap_or_else(|error| {
+        let unauthorized = matches!(error, RegistryError::Request(RequestError::Unauthorized));
+        let mut response = error.into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="slipway-registry""#),
+            );
+        }
+        response
+    })
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.counters.request();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let mut response = dispatch(&shared, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
+    let mut response = match dispatch(&shared, &parts, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            // The scope of the challenge: what the request would have needed.
+            let needs = route::parse(&path)
+                .ok()
+                .flatten()
+                .zip(query_of(&parts.uri).ok())
+                .and_then(|(route, query)| auth::needs(&route, &method, &query).ok())
+                .unwrap_or_default();
+            refusal(&parts, error, &needs)
+        }
+    };
     response.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
@@ -129,21 +255,57 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     response
 }
 
-async fn dispatch(shared: &Shared, request: Request) -> Result<Response, RegistryError> {
-    let user = auth::authenticate(shared.identity.as_ref(), request.headers()).await?;
-    let (parts, body) = request.into_parts();
-    let route = route::parse(parts.uri.path())?.ok_or(RequestError::NoSuchEndpoint)?;
-    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .map_err(|e| RequestError::Query(e.body_text()))?
-        .0;
-    auth::authorize(
+/// The answer to a refused request; a 401 carries the challenge that sends the client to the
+/// token endpoint for `needs`.
+fn refusal(parts: &http::request::Parts, error: RegistryError, needs: &[auth::Need]) -> Response {
+    let reason = match &error {
+        RegistryError::Request(RequestError::Unauthorized) => Some(None),
+        RegistryError::Request(RequestError::InvalidToken(_)) => Some(Some("invalid_token")),
+        RegistryError::Request(RequestError::InsufficientScope(_)) => {
+            Some(Some("insufficient_scope"))
+        }
+        _ => None,
+    };
+    let mut response = error.into_response();
+    if let Some(reason) = reason {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            auth::challenge(&parts.headers, needs, reason),
+        );
+    }
+    response
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The query parameters of a request (the last value of a repeated key).
+fn query_of(uri: &http::Uri) -> Result<HashMap<String, String>, RequestError> {
+    Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| RequestError::Query(e.body_text()))
+}
+
+async fn dispatch(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let caller = auth::authenticate(
         shared.identity.as_ref(),
-        &user,
-        &route,
-        &parts.method,
-        &query,
+        &shared.tokens,
+        &parts.headers,
+        unix_now(),
     )
     .await?;
+    let route = route::parse(parts.uri.path())?.ok_or(RequestError::NoSuchEndpoint)?;
+    let query = query_of(&parts.uri)?;
+    let needs = auth::needs(&route, &parts.method, &query)?;
+    auth::authorize(shared.identity.as_ref(), &caller, &needs).await?;
     let storage = &shared.storage;
     let method = &parts.method;
     let headers = &parts.headers;

@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 use serde_json::{Value, json};
 use slipway_core::ports::PortError;
 
@@ -34,6 +34,14 @@ pub enum RegistryError {
     /// A request was refused before it reached storage.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// The key that signs bearer tokens could not be read or made.
+    #[error("token signing key {path}: {source}")]
+    TokenKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The identity service failed to answer.
     #[error("looking up the user: {0}")]
     Identity(#[from] PortError),
@@ -97,7 +105,9 @@ impl RegistryError {
     fn answer(&self) -> Option<Answer> {
         use StatusCode as S;
         match self {
-            RegistryError::Config(_) | RegistryError::Identity(_) => None,
+            RegistryError::Config(_)
+            | RegistryError::Identity(_)
+            | RegistryError::TokenKey { .. } => None,
             RegistryError::Name(e) => match e {
                 NameError::Repository(_) => answer(S::BAD_REQUEST, Code::NameInvalid),
                 NameError::Tag(_) => answer(S::BAD_REQUEST, Code::ManifestInvalid),
@@ -138,7 +148,9 @@ impl RegistryError {
                 StorageError::Io { .. } => None,
             },
             RegistryError::Request(e) => match e {
-                RequestError::Unauthorized => answer(S::UNAUTHORIZED, Code::Unauthorized),
+                RequestError::Unauthorized
+                | RequestError::InvalidToken(_)
+                | RequestError::InsufficientScope(_) => answer(S::UNAUTHORIZED, Code::Unauthorized),
                 RequestError::Denied(_) => answer(S::FORBIDDEN, Code::Denied),
                 RequestError::NoSuchEndpoint => answer(S::NOT_FOUND, Code::Unsupported),
                 RequestError::MethodNotAllowed { .. } => {
@@ -172,18 +184,10 @@ impl IntoResponse for RegistryError {
         }
         let mut response = (answer.status, Json(json!({ "errors": [error] }))).into_response();
         let headers = response.headers_mut();
-        match &self {
-            RegistryError::Request(RequestError::Unauthorized) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Basic realm="slipway""#),
-                );
-            }
-            RegistryError::Storage(StorageError::RangeInvalid { size, .. }) => {
-                // Tells the client where to resume, as a successful PATCH would.
-                headers.insert("range", crate::api::range_header(*size));
-            }
-            _ => {}
+        // A 401's challenge depends on the request; `api` adds it.
+        if let RegistryError::Storage(StorageError::RangeInvalid { size, .. }) = &self {
+            // Tells the client where to resume, as a successful PATCH would.
+            headers.insert("range", crate::api::range_header(*size));
         }
         response
     }
@@ -220,7 +224,7 @@ mod tests {
         check(
             RequestError::Unauthorized.into(),
             401,
-            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required: use HTTP Basic with a Slipway user name and API token"}]}"#,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required: log in with a Slipway user name and API token (HTTP Basic, or a bearer token from /v2/token)"}]}"#,
         )
         .await;
     }

@@ -2,11 +2,15 @@
 //! stored on the local filesystem.
 //!
 //! The builder pushes images here and Docker Engine pulls them; `docker login`, `skopeo` and
-//! `oci-client` talk to it with HTTP Basic auth (a Slipway user name and API token).
+//! `oci-client` talk to it with a Slipway user name and API token, either as HTTP Basic
+//! credentials on every request or through Docker's token protocol: a `401` challenge sends the
+//! client to `/v2/token`, which trades those credentials for a short-lived bearer token.
 //!
 //! Modules, each with one concern:
 //! - [`api`]: routes, handlers, headers; the only module that knows HTTP.
-//! - [`auth`]: Basic credentials checked against the controller's `Identity` port.
+//! - [`auth`]: who the caller is (Basic credentials checked against the controller's `Identity`
+//!   port, or a bearer token), what each request needs, the access policy, the challenge.
+//! - [`token`]: scopes, claims, the signing key and the JWT form of bearer tokens.
 //! - [`route`]: `/v2/...` paths parsed into endpoints (pure).
 //! - [`names`]: repository names, tags, digests and upload ids, validated (pure).
 //! - [`manifest`]: accepted media types and what a manifest references (pure).
@@ -15,7 +19,8 @@
 //!   submodule is garbage collection ([`Registry::gc`]): what no kept, tagged or referenced
 //!   manifest needs goes, never anything younger than the grace period.
 //! - [`backend`]: the object-store trait storage is kept in (the seam for an S3 backend).
-//! - [`fs`]: the filesystem backend; with `backend`, the only code that does IO.
+//! - [`fs`]: the filesystem backend; with `backend`, the only code that does IO on storage
+//!   (`token` reads or makes its key file once, when the registry is created).
 //! - [`metrics`]: request and byte counters and their Prometheus text.
 //! - [`error`]: the crate error and its one mapping to OCI error responses.
 //!
@@ -34,6 +39,7 @@ mod metrics;
 mod names;
 mod route;
 mod storage;
+mod token;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,6 +71,10 @@ pub struct RegistryConfig {
     /// created if missing, and must not be shared by two running registries: uploads left in it
     /// are removed when a registry starts.
     pub root: PathBuf,
+    /// The file holding the key that signs bearer tokens (path; no default, `slipway server`
+    /// uses `<data>/registry-token-key`). A random key is written there, mode 0600, if the file
+    /// is missing; removing it invalidates every token issued.
+    pub token_key: PathBuf,
 }
 
 impl RegistryConfig {
@@ -73,6 +83,11 @@ impl RegistryConfig {
         if self.root.as_os_str().is_empty() {
             return Err(RegistryError::Config(
                 "the storage directory is empty: set it to a directory path".to_owned(),
+            ));
+        }
+        if self.token_key.as_os_str().is_empty() {
+            return Err(RegistryError::Config(
+                "the token key file is empty: set it to a file path".to_owned(),
             ));
         }
         Ok(())
@@ -97,10 +112,17 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         config.validate()?;
         let storage = storage::Storage::open(&config.root)?;
+        let tokens = token::TokenKey::load_or_create(&config.token_key).map_err(|source| {
+            RegistryError::TokenKey {
+                path: config.token_key.clone(),
+                source,
+            }
+        })?;
         Ok(Registry {
             shared: Arc::new(api::Shared {
                 storage,
                 identity,
+                tokens,
                 counters: Arc::default(),
             }),
             upload_expiry: DEFAULT_UPLOAD_EXPIRY,

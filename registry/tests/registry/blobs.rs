@@ -18,7 +18,10 @@ async fn base_requires_matching_user_and_token() {
         .expect("get");
     assert_eq!(
         header(&response, "www-authenticate"),
-        r#"Basic realm="slipway""#
+        format!(
+            r#"Bearer realm="http://{}/v2/token",service="slipway-registry""#,
+            server.host
+        )
     );
     assert_eq!(
         error_code(response).await,

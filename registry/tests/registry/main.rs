@@ -6,4 +6,5 @@ mod clients;
 mod lifecycle;
 mod manifests;
 mod referrers;
+mod tokens;
 mod util;

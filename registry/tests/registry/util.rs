@@ -20,6 +20,9 @@ pub(crate) const TOKEN: &str = "admin-token";
 /// Another user's token, to check that user name and token must match.
 pub(crate) const OTHER_TOKEN: &str = "bob-token";
 
+/// The one app `bob` operates; every other app is admin's.
+pub(crate) const BOBS_APP: &str = "bobs";
+
 /// Knows two users, `admin` and `bob`, by their tokens.
 struct FakeIdentity;
 
@@ -38,8 +41,11 @@ impl Identity for FakeIdentity {
         Ok(Some(user.parse().expect("user name")))
     }
 
-    async fn app_access(&self, _user: &UserName, _app: &AppName) -> Result<AppAccess, PortError> {
-        Ok(AppAccess::Allowed)
+    async fn app_access(&self, user: &UserName, app: &AppName) -> Result<AppAccess, PortError> {
+        Ok(match (user.as_str(), app.as_str()) {
+            ("admin", _) | ("bob", BOBS_APP) => AppAccess::Allowed,
+            _ => AppAccess::Forbidden,
+        })
     }
 }
 
@@ -68,6 +74,7 @@ impl Server {
     ) -> Server {
         let config = RegistryConfig {
             root: dir.path().join("registry"),
+            token_key: dir.path().join("token-key"),
         };
         let registry = Registry::new(config, Arc::new(FakeIdentity)).expect("registry");
         let registry = configure(registry);
