@@ -362,8 +362,9 @@ async fn dispatch(
             Method::PATCH => patch_upload(storage, &repo, &id, headers, received(body)).await?,
             Method::PUT => {
                 let digest = query_digest(&query, "digest")?.ok_or(RequestError::DigestMissing)?;
+                let start = chunk_start(headers)?;
                 storage
-                    .finish_upload(&repo, &id, &digest, received(body))
+                    .finish_upload(&repo, &id, &digest, start, received(body))
                     .await?;
                 blob_created(&repo, &digest)
             }
@@ -490,10 +491,14 @@ impl ByteRange {
             a.parse::<u64>()
                 .ok()
                 .zip(end.ok())
-                .map(|(start, end)| (start, end, end >= start))
+                .map(|(start, end)| (start, end, true))
         };
         match parsed {
-            Some((start, end, true)) if start < size => ByteRange::Part(start, end.min(size - 1)),
+            // A range that ends before it starts cannot be satisfied either, as distribution
+            // and the conformance suite have it.
+            Some((start, end, true)) if start < size && end >= start => {
+                ByteRange::Part(start, end.min(size - 1))
+            }
             Some((_, _, true)) => ByteRange::Unsatisfiable,
             _ => ByteRange::Whole,
         }
@@ -533,18 +538,20 @@ async fn patch_upload(
     headers: &HeaderMap,
     body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 ) -> Result<Response, RegistryError> {
-    let start = match headers.get(header::CONTENT_RANGE) {
-        None => None,
-        Some(value) => {
-            let text = value.to_str().unwrap_or_default();
-            Some(
-                content_range_start(text)
-                    .ok_or_else(|| RequestError::ContentRange(text.to_owned()))?,
-            )
-        }
-    };
+    let start = chunk_start(headers)?;
     let size = storage.append_upload(repo, id, start, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, id, size))
+}
+
+/// Where a chunk says it starts, when it has a `Content-Range`.
+fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, RequestError> {
+    let Some(value) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let start =
+        content_range_start(text).ok_or_else(|| RequestError::ContentRange(text.to_owned()))?;
+    Ok(Some(start))
 }
 
 /// The start of a chunk's `Content-Range`: `<start>-<end>`, as the OCI spec writes it, or the
@@ -833,7 +840,7 @@ mod tests {
         check("bytes=-500", ByteRange::Part(0, 99));
         check("bytes=100-", ByteRange::Unsatisfiable);
         check("bytes=-0", ByteRange::Whole);
-        check("bytes=5-1", ByteRange::Whole);
+        check("bytes=5-1", ByteRange::Unsatisfiable);
         check("bytes=0-1,5-6", ByteRange::Whole);
         check("items=0-1", ByteRange::Whole);
         assert_eq!(ByteRange::parse("bytes=-5", 0), ByteRange::Unsatisfiable);

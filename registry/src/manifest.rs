@@ -101,6 +101,9 @@ struct Descriptor {
     /// Read only to require it.
     #[serde(rename = "size")]
     _size: u64,
+    /// Where a non-distributable layer is served from instead of this registry.
+    #[serde(default)]
+    urls: Vec<String>,
 }
 
 impl Descriptor {
@@ -154,7 +157,14 @@ pub(crate) fn inspect(
                 return Err(invalid("an image manifest has no manifests list"));
             }
             let mut blobs = vec![config.digest()?];
-            blobs.extend(digests(raw.layers.as_deref().unwrap_or_default())?);
+            for layer in raw.layers.as_deref().unwrap_or_default() {
+                let digest = layer.digest()?;
+                // A layer with `urls` (non-distributable) is served from elsewhere and never
+                // pushed here, as in the reference implementation.
+                if layer.urls.is_empty() {
+                    blobs.push(digest);
+                }
+            }
             (blobs, Vec::new(), Some(config.media_type.clone()))
         }
         _ => {
@@ -239,6 +249,23 @@ mod tests {
             None,
             &typed,
             &format!("{OCI_MANIFEST} blobs=aa manifests= subject= artifact=x/y"),
+        );
+    }
+
+    #[test]
+    fn non_distributable_layers_need_not_be_here() {
+        let foreign = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{C}","size":9,"urls":["https://example.com/layer"]}}"#
+        );
+        let json = format!(
+            r#"{{"schemaVersion":2,"config":{},"layers":[{foreign},{}]}}"#,
+            descriptor(A),
+            descriptor(B)
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &json,
+            &format!("{OCI_MANIFEST} blobs=aa,bb manifests= subject= artifact=x/y"),
         );
     }
 

@@ -612,12 +612,15 @@ impl Storage {
     }
 
     /// Appends a final (possibly empty) chunk, verifies the whole upload against `digest` and
-    /// stores it as a blob of `repo`. The session ends either way.
+    /// stores it as a blob of `repo`. The session ends either way, unless the chunk says it
+    /// starts (`start`) elsewhere than where the upload ends: then nothing changes and the client
+    /// may resume.
     pub(crate) async fn finish_upload<S>(
         &self,
         repo: &RepoName,
         id: &UploadId,
         digest: &Digest,
+        start: Option<u64>,
         body: S,
     ) -> Result<(), StorageError>
     where
@@ -627,6 +630,14 @@ impl Storage {
         let (this, id, repo, digest) = (self.clone(), id.clone(), repo.clone(), digest.clone());
         detach(async move {
             let mut state = Storage::lock(&session, &id).await?;
+            if let Some(start) = start
+                && start != state.size
+            {
+                return Err(StorageError::RangeInvalid {
+                    start,
+                    size: state.size,
+                });
+            }
             // Ending the session first means no other request touches it again.
             state.ended = true;
             this.sessions().remove(&id);

@@ -554,7 +554,7 @@ mod tests {
         s.gc(&[], &[], Duration::ZERO, false).await.expect("gc");
 
         let digest = Digest::of(Algorithm::Sha256, b"half done");
-        s.finish_upload(&app, &id, &digest, body(b"done"))
+        s.finish_upload(&app, &id, &digest, None, body(b"done"))
             .await
             .expect("finish after gc");
         assert!(s.blob_size(&app, &digest).await.expect("stat").is_some());

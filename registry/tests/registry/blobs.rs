@@ -245,6 +245,27 @@ async fn out_of_order_patch_is_416() {
         .expect("patch");
     assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&response, "range"), "0-4");
+
+    // A closing PUT whose chunk is out of order is refused the same way, and the upload lives on.
+    let digest = sha256(b"hello world");
+    let finish = format!("{location}?digest={digest}");
+    let response = server
+        .request(Method::PUT, &finish)
+        .header("content-range", "0-5")
+        .body(" world")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&response, "range"), "0-4");
+    let response = server
+        .request(Method::PUT, &finish)
+        .header("content-range", "5-10")
+        .body(" world")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -385,7 +406,7 @@ async fn unsatisfiable_range_is_416() {
     let server = Server::start().await;
     let digest = server.push_blob("app", b"fifteen bytes!!").await;
     let path = format!("/v2/app/blobs/{digest}");
-    for range in ["bytes=15-", "bytes=100-200"] {
+    for range in ["bytes=15-", "bytes=100-200", "bytes=5-0"] {
         let response = server
             .request(Method::GET, &path)
             .header("range", range)
