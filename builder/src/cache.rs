@@ -16,9 +16,10 @@ pub(crate) fn path(data_dir: &Path, app: &AppName) -> PathBuf {
     slipway_core::layout::build_cache_path(data_dir, app)
 }
 
-/// The cache to upload to `/` of the build container (entries under `cache/`), if there is one.
-pub(crate) fn load(file: &Path) -> Option<Vec<u8>> {
-    std::fs::read(file).ok()
+/// The cache to upload to `/` of the build container (entries under `cache/`), if there is one:
+/// its file, which the upload streams.
+pub(crate) fn load(file: &Path) -> Option<PathBuf> {
+    file.is_file().then(|| file.to_owned())
 }
 
 /// Packs the cache layers the build under `layers` reported into `file`, replacing the old
@@ -85,8 +86,8 @@ mod tests {
         let app: AppName = "web".parse().unwrap();
         let file = path(data.path(), &app);
         save(&file, l);
-        let bytes = load(&file).expect("a cache");
-        let mut names: Vec<String> = tar::Archive::new(bytes.as_slice())
+        let cache = load(&file).expect("a cache");
+        let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(cache).unwrap())
             .entries()
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().display().to_string())

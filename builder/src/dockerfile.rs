@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use slipway_core::{AppName, ProcessTypes};
-use slipway_runtime::{ImageBuild, LABEL_INSTANCE, RegistryAuth};
+use slipway_runtime::{Archive, ImageBuild, LABEL_INSTANCE, RegistryAuth};
 use tokio::sync::mpsc;
 
 use crate::hook::Push;
@@ -22,22 +22,6 @@ pub(crate) const DOCKERFILE: &str = "Dockerfile";
 
 /// Indentation of the engine's output under the pipeline's `-----> ` lines.
 const INDENT: &[u8] = b"       ";
-
-/// Whether the pushed source (a `git archive` tar) has a `Dockerfile` at its root.
-pub(crate) fn present(source: &Path) -> Result<bool, BuildError> {
-    let err = |e: std::io::Error| BuildError::Receive(format!("reading the pushed source: {e}"));
-    let mut archive = tar::Archive::new(std::fs::File::open(source).map_err(err)?);
-    for entry in archive.entries().map_err(err)? {
-        let entry = entry.map_err(err)?;
-        let kind = entry.header().entry_type();
-        if (kind.is_file() || kind.is_symlink())
-            && entry.path().map_err(err)? == Path::new(DOCKERFILE)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
 
 /// The config var that lists which config vars a Dockerfile build gets as build args
 /// (comma-separated names); without it, none.
@@ -63,14 +47,12 @@ pub(crate) async fn build(
     shared: &Arc<Shared>,
     app: &AppName,
     push: &mut Push,
+    context: &Path,
     procfile: &ProcessTypes,
 ) -> Result<String, BuildError> {
     push.reporter
         .line("-----> Dockerfile app detected; building with the Docker Engine")
         .await;
-    let context = tokio::fs::read(push.source.path())
-        .await
-        .map_err(|e| BuildError::Receive(format!("reading the pushed source: {e}")))?;
     let tag = format!("{}/apps/{app}:{}", shared.config.registry_addr, push.new);
     let config = shared
         .releases
@@ -78,7 +60,8 @@ pub(crate) async fn build(
         .await
         .map_err(|e| BuildError::Build(e.to_string()))?;
     let build = ImageBuild {
-        context,
+        // Streamed from disk to the engine: the context is as large as the push.
+        context: Archive::File(context.to_owned()),
         tag: tag.clone(),
         build_args: build_args(&config),
         labels: HashMap::from([
@@ -157,7 +140,7 @@ fn indent(chunk: &[u8], at_line_start: &mut bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{BUILD_ARGS_VAR, build_args, indent, present};
+    use super::{BUILD_ARGS_VAR, build_args, indent};
 
     #[test]
     fn build_args_only_when_asked() {
@@ -169,30 +152,6 @@ mod tests {
         let args = build_args(&config);
         assert_eq!(args.len(), 1);
         assert_eq!(args["VERSION"], "7");
-    }
-
-    fn archive(files: &[(&str, &str)]) -> tempfile::NamedTempFile {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut tar = tar::Builder::new(file.reopen().unwrap());
-        for (path, data) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            tar.append_data(&mut header, path, data.as_bytes()).unwrap();
-        }
-        tar.finish().unwrap();
-        file
-    }
-
-    #[test]
-    fn dockerfile_only_at_the_root() {
-        let root = archive(&[("app.py", ""), ("Dockerfile", "FROM scratch\n")]);
-        assert!(present(root.path()).unwrap());
-        let nested = archive(&[("docker/Dockerfile", "FROM scratch\n"), ("Procfile", "")]);
-        assert!(!present(nested.path()).unwrap());
-        let lower = archive(&[("dockerfile", "FROM scratch\n")]);
-        assert!(!present(lower.path()).unwrap());
     }
 
     #[test]

@@ -133,12 +133,17 @@ pub struct Push {
     pub reporter: Reporter,
 }
 
-/// Waits for the hook to connect, then reads its header and source archive into a temp file
+/// How much of the source archive is read from the hook at a time.
+const SOURCE_BUFFER: usize = 256 * 1024;
+
+/// Waits for the hook to connect, then streams its header and source archive into a temp file
 /// in `scratch`.
 pub async fn accept(listener: &UnixListener, scratch: &Path) -> std::io::Result<Push> {
     let (stream, _) = listener.accept().await?;
     let (read, write) = stream.into_split();
-    let mut read = BufReader::new(read);
+    // Large reads, so that a gigabyte of source is a few thousand writes to the file (each one a
+    // trip to tokio's blocking pool), not a hundred thousand; never more than this in memory.
+    let mut read = BufReader::with_capacity(SOURCE_BUFFER, read);
     let mut header = String::new();
     read.read_line(&mut header).await?;
     let mut f = header.split_whitespace();
@@ -147,7 +152,7 @@ pub async fn accept(listener: &UnixListener, scratch: &Path) -> std::io::Result<
     };
     let source = tempfile::NamedTempFile::new_in(scratch)?;
     let mut file = tokio::fs::File::create(source.path()).await?;
-    tokio::io::copy(&mut read, &mut file).await?;
+    tokio::io::copy_buf(&mut read, &mut file).await?;
     file.flush().await?;
     Ok(Push {
         old: old.to_owned(),

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use slipway_core::ports::BuiltImage;
-use slipway_core::{AppName, ProcessTypes, UserName, procfile};
-use slipway_runtime::{BuildSpec, LABEL_INSTANCE, RegistryAuth};
+use slipway_core::{AppName, Fingerprint, ProcessTypes, UserName, procfile};
+use slipway_runtime::{Archive, BuildSpec, LABEL_INSTANCE, RegistryAuth};
 use tokio::sync::mpsc;
 
 use crate::export::{self, Target};
@@ -21,8 +22,14 @@ use crate::{cache, dockerfile};
 /// The embedded `/cnb` tree: the lifecycle, the shipped buildpacks and their order.
 const CNB_TAR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cnb.tar"));
 
-/// Runs the whole pipeline for one push and sends the verdict to the hook.
-pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut push: Push) {
+/// Runs the whole pipeline for one push by `pusher` (the user and the key they authenticated
+/// with) and sends the verdict to the hook.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    app: AppName,
+    pusher: (UserName, Fingerprint),
+    mut push: Push,
+) {
     let started = Instant::now();
     push.reporter.log_to(shared.releases.clone(), app.clone());
     let lock = shared.build_lock(&app);
@@ -37,7 +44,7 @@ pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut p
             lock.lock().await
         }
     };
-    let result = build(&shared, &app, &user, &mut push).await;
+    let result = build(&shared, &app, &pusher, &mut push).await;
     match result {
         Ok(version) => {
             push.reporter
@@ -63,7 +70,7 @@ pub(crate) async fn run(shared: Arc<Shared>, app: AppName, user: UserName, mut p
 async fn build(
     shared: &Arc<Shared>,
     app: &AppName,
-    user: &UserName,
+    (user, key): &(UserName, Fingerprint),
     push: &mut Push,
 ) -> Result<i64, BuildError> {
     let short: String = push.new.chars().take(7).collect();
@@ -72,28 +79,25 @@ async fn build(
         .await;
 
     // receive: the source, re-owned by the stack's user, and its Procfile.
-    let source = push.source.path().to_owned();
-    let (workspace_tar, procfile_text) = tokio::task::spawn_blocking(move || own_source(&source))
+    let (original, scratch) = (push.source.path().to_owned(), shared.scratch.clone());
+    let source = tokio::task::spawn_blocking(move || own_source(&original, &scratch))
         .await
         .map_err(|e| BuildError::Receive(e.to_string()))??;
-    let procfile: ProcessTypes = match procfile_text {
-        Some(text) => procfile::parse(&text).map_err(|e| BuildError::Receive(e.to_string()))?,
+    let procfile: ProcessTypes = match &source.procfile {
+        Some(text) => procfile::parse(text).map_err(|e| BuildError::Receive(e.to_string()))?,
         None => ProcessTypes::new(),
     };
 
     // build: a Dockerfile at the root builds through the Docker Engine instead of buildpacks.
-    let source = push.source.path().to_owned();
-    if tokio::task::spawn_blocking(move || dockerfile::present(&source))
-        .await
-        .map_err(|e| BuildError::Receive(e.to_string()))??
-    {
-        let image = dockerfile::build(shared, app, push, &procfile).await?;
+    if source.dockerfile {
+        let image = dockerfile::build(shared, app, push, source.tar.path(), &procfile).await?;
         let built = BuiltImage {
             app: app.clone(),
             image,
             processes: procfile,
             commit: push.new.clone(),
             user: user.clone(),
+            key: key.clone(),
         };
         return release(shared, push, built).await;
     }
@@ -131,13 +135,20 @@ async fn build(
             (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
             ("slipway.build".to_owned(), app.to_string()),
         ]),
+        // The source and the cache stream from their files: a push's size never reaches memory.
         uploads: [
-            Some(("/".to_owned(), CNB_TAR.to_vec())),
-            Some(("/workspace".to_owned(), workspace_tar)),
+            Some(("/".to_owned(), Archive::Bytes(Bytes::from_static(CNB_TAR)))),
+            Some((
+                "/workspace".to_owned(),
+                Archive::File(source.tar.path().to_owned()),
+            )),
             // The previous build's cache layers, under /cache.
-            cache::load(&cache_file).map(|tar| ("/".to_owned(), tar)),
+            cache::load(&cache_file).map(|tar| ("/".to_owned(), Archive::File(tar))),
             // Config vars as the CNB platform gives them: one file each in /platform/env.
-            Some(("/".to_owned(), platform_env(&config)?)),
+            Some((
+                "/".to_owned(),
+                Archive::Bytes(platform_env(&config)?.into()),
+            )),
         ]
         .into_iter()
         .flatten()
@@ -233,6 +244,7 @@ async fn build(
         processes,
         commit: push.new.clone(),
         user: user.clone(),
+        key: key.clone(),
     };
     release(shared, push, built).await
 }
@@ -290,18 +302,35 @@ fn platform_env(config: &slipway_core::Config) -> Result<Vec<u8>, BuildError> {
     tar.into_inner().map_err(err)
 }
 
-/// Rewrites the `git archive` tar so every entry belongs to the stack user (1000:1000), and
-/// returns it with the Procfile's text, if there is one.
-fn own_source(source: &Path) -> Result<(Vec<u8>, Option<String>), BuildError> {
+/// The pushed source as the build gets it.
+struct Source {
+    /// The `git archive` tar with every entry owned by the stack user, in the scratch directory.
+    tar: tempfile::NamedTempFile,
+    /// The Procfile's text, if there is one at the root.
+    procfile: Option<String>,
+    /// Whether there is a `Dockerfile` at the root.
+    dockerfile: bool,
+}
+
+/// The largest Procfile read: a few lines of commands, never the size of a push.
+const PROCFILE_MAX: u64 = 64 * 1024;
+
+/// Rewrites the `git archive` tar at `original` into a file in `scratch` so every entry belongs
+/// to the stack user (1000:1000), entry by entry from disk to disk: a push of any size passes
+/// through in a buffer's worth of memory. Notes the Procfile and the Dockerfile on the way.
+fn own_source(original: &Path, scratch: &Path) -> Result<Source, BuildError> {
     let err = |e: std::io::Error| BuildError::Receive(format!("reading the pushed source: {e}"));
-    let mut archive = tar::Archive::new(std::fs::File::open(source).map_err(err)?);
-    let mut out = tar::Builder::new(Vec::new());
-    let mut procfile = None;
+    let input = std::io::BufReader::new(std::fs::File::open(original).map_err(err)?);
+    let mut archive = tar::Archive::new(input);
+    let tar = tempfile::NamedTempFile::new_in(scratch).map_err(err)?;
+    let mut out = tar::Builder::new(std::io::BufWriter::new(tar.reopen().map_err(err)?));
+    let (mut procfile, mut dockerfile) = (None, false);
     for entry in archive.entries().map_err(err)? {
         let mut entry = entry.map_err(err)?;
         let mut header = entry.header().clone();
+        let kind = header.entry_type();
         if matches!(
-            header.entry_type(),
+            kind,
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
         ) {
             continue;
@@ -309,24 +338,44 @@ fn own_source(source: &Path) -> Result<(Vec<u8>, Option<String>), BuildError> {
         let path = entry.path().map_err(err)?.into_owned();
         header.set_uid(1000);
         header.set_gid(1000);
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(err)?;
-        if path == Path::new("Procfile") {
-            procfile = Some(String::from_utf8_lossy(&data).into_owned());
+        if path == Path::new(dockerfile::DOCKERFILE) && (kind.is_file() || kind.is_symlink()) {
+            dockerfile = true;
         }
-        if header.entry_type() == tar::EntryType::Symlink {
+        if kind == tar::EntryType::Symlink {
             let target = entry
                 .link_name()
                 .map_err(err)?
                 .unwrap_or_default()
                 .into_owned();
             out.append_link(&mut header, &path, target).map_err(err)?;
-        } else {
+        } else if path == Path::new("Procfile") && kind.is_file() {
+            if header.size().map_err(err)? > PROCFILE_MAX {
+                return Err(BuildError::Receive(format!(
+                    "the Procfile is larger than {} KiB",
+                    PROCFILE_MAX / 1024
+                )));
+            }
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(err)?;
+            procfile = Some(String::from_utf8_lossy(&data).into_owned());
             out.append_data(&mut header, &path, data.as_slice())
+                .map_err(err)?;
+        } else {
+            out.append_data(&mut header, &path, &mut entry)
                 .map_err(err)?;
         }
     }
-    Ok((out.into_inner().map_err(err)?, procfile))
+    out.into_inner()
+        .map_err(err)?
+        .into_inner()
+        .map_err(|e| err(e.into_error()))?
+        .sync_data()
+        .map_err(err)?;
+    Ok(Source {
+        tar,
+        procfile,
+        dockerfile,
+    })
 }
 
 fn unpack(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
@@ -336,4 +385,81 @@ fn unpack(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     archive.unpack(root).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_source;
+    use std::path::Path;
+
+    /// A `git archive`-like tar of `files` (a `->` in the data makes a symlink), owned by root.
+    fn archive(files: &[(&str, &str)]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut tar = tar::Builder::new(file.reopen().unwrap());
+        for (path, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            if let Some(target) = data.strip_prefix("-> ") {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, path, target).unwrap();
+            } else {
+                header.set_size(data.len() as u64);
+                header.set_cksum();
+                tar.append_data(&mut header, path, data.as_bytes()).unwrap();
+            }
+        }
+        tar.finish().unwrap();
+        file
+    }
+
+    fn owned(files: &[(&str, &str)]) -> super::Source {
+        let scratch = std::env::temp_dir();
+        own_source(archive(files).path(), &scratch).unwrap()
+    }
+
+    #[test]
+    fn source_is_owned_by_the_stack_user_with_its_contents() {
+        let source = owned(&[
+            ("Procfile", "web: ./run\n"),
+            ("big.bin", &"x".repeat(100_000)),
+            ("link", "-> big.bin"),
+        ]);
+        assert_eq!(source.procfile.as_deref(), Some("web: ./run\n"));
+        assert!(!source.dockerfile);
+        let mut tar = tar::Archive::new(std::fs::File::open(source.tar.path()).unwrap());
+        let mut seen = Vec::new();
+        for entry in tar.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            assert_eq!((header.uid().unwrap(), header.gid().unwrap()), (1000, 1000));
+            let size = header.size().unwrap();
+            let link = entry.link_name().unwrap().map(|l| l.display().to_string());
+            seen.push((entry.path().unwrap().display().to_string(), size, link));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("Procfile".to_owned(), 11, None),
+                ("big.bin".to_owned(), 100_000, None),
+                ("link".to_owned(), 0, Some("big.bin".to_owned())),
+            ]
+        );
+    }
+
+    #[test]
+    fn dockerfile_only_at_the_root() {
+        assert!(owned(&[("app.py", ""), ("Dockerfile", "FROM scratch\n")]).dockerfile);
+        assert!(!owned(&[("docker/Dockerfile", "FROM scratch\n"), ("Procfile", "")]).dockerfile);
+        assert!(!owned(&[("dockerfile", "FROM scratch\n")]).dockerfile);
+    }
+
+    #[test]
+    fn a_huge_procfile_is_refused() {
+        let huge = "web: x\n".repeat(20_000);
+        let err = own_source(archive(&[("Procfile", &huge)]).path(), Path::new("/tmp"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("Procfile is larger"), "{err}");
+    }
 }

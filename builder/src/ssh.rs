@@ -706,7 +706,7 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), ConnError> {
-        let Some(user) = self.user.clone() else {
+        let (Some(user), Some(key)) = (self.user.clone(), self.key.clone()) else {
             return refuse(channel, session, "not authenticated").await;
         };
         let command = String::from_utf8_lossy(data);
@@ -746,21 +746,17 @@ impl russh::server::Handler for Connection {
         let protocol = self.git_protocol.remove(&channel);
         let shared = self.shared.clone();
         let handle = session.handle();
-        let key = self
-            .key
-            .as_ref()
-            .map_or_else(|| "an unknown key".to_owned(), ToString::to_string);
         info!(peer = %self.peer, %user, %app, %key, "receive: git {}", service.program());
         if service == GitService::ReceivePack {
-            // The app's log is the one audit trail the builder can write; the release event
-            // names the user only.
+            // Every push, accepted or not, in the app's log; the release a push makes is in the
+            // events with the same user and key.
             self.shared
                 .releases
                 .log_build(&app, &format!("receive: git push by {user} with key {key}"));
         }
         tokio::spawn(async move {
             let code = match run_git(
-                &shared, service, &app, &user, protocol, rx, &handle, channel,
+                &shared, service, &app, &user, &key, protocol, rx, &handle, channel,
             )
             .await
             {
@@ -855,6 +851,7 @@ async fn run_git(
     service: GitService,
     app: &AppName,
     user: &UserName,
+    key: &Fingerprint,
     protocol: Option<String>,
     mut stdin_rx: mpsc::Receiver<Bytes>,
     handle: &Handle,
@@ -938,7 +935,10 @@ async fn run_git(
         if let Some(listener) = &listener {
             // The hook connects only when refs change; receive-pack may end without it.
             match hook::accept(listener, &shared.scratch).await {
-                Ok(push) => pipeline::run(shared.clone(), app.clone(), user.clone(), push).await,
+                Ok(push) => {
+                    let pusher = (user.clone(), key.clone());
+                    pipeline::run(shared.clone(), app.clone(), pusher, push).await;
+                }
                 Err(e) => warn!(%app, "receive: hook connection: {e}"),
             }
         }

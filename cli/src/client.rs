@@ -847,12 +847,15 @@ pub(crate) async fn events(api: &Api, app: Option<&str>) -> Result<()> {
     };
     let list = api.get(&path).await?;
     api.show(&list, |list| {
-        table(&["TIME", "APP", "KIND", "BY", "WHAT"], list, |e| {
+        // KEY: the SSH key a push came from, as `ssh-keygen -lf` prints it; empty where an API
+        // token acted.
+        table(&["TIME", "APP", "KIND", "BY", "KEY", "WHAT"], list, |e| {
             vec![
                 utc(e["created_at"].as_i64().unwrap_or(0)),
                 s(&e["app"]),
                 s(&e["kind"]),
                 s(&e["actor"]),
+                s(&e["fingerprint"]),
                 s(&e["detail"]),
             ]
         })

@@ -409,7 +409,7 @@ async fn patch_config(
         ));
     }
     let release = ctl
-        .release(&app, |prev| {
+        .release(&app, None, |prev| {
             let mut config = prev.map(|p| p.config.clone()).unwrap_or_default();
             for (k, v) in changes {
                 match v {
@@ -556,7 +556,7 @@ async fn rollback(
         )));
     }
     let release = ctl
-        .release(&app, |_| NewRelease {
+        .release(&app, None, |_| NewRelease {
             image: to.image.clone(),
             config: to.config.clone(),
             processes: to.processes.clone(),
@@ -1276,7 +1276,7 @@ async fn deploy_image(
         )));
     }
     let release = ctl
-        .release(&app, |prev| NewRelease {
+        .release(&app, None, |prev| NewRelease {
             image: Some(image.clone()),
             config: prev.map(|p| p.config.clone()).unwrap_or_default(),
             processes: Default::default(),
@@ -1433,6 +1433,7 @@ struct EventOut {
     app: Option<String>,
     kind: String,
     actor: String,
+    fingerprint: Option<String>,
     detail: String,
     created_at: i64,
 }
@@ -1463,6 +1464,7 @@ async fn list_events(
                 app: e.app,
                 kind: e.kind,
                 actor: e.actor,
+                fingerprint: e.fingerprint,
                 detail: e.detail,
                 created_at: e.created_at,
             })

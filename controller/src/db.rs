@@ -61,6 +61,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/sqlite/0007_limits_health.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/sqlite/0008_event_fingerprint.sql"),
+    ),
     (9, include_str!("../migrations/sqlite/0009_certs.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -85,6 +89,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../migrations/postgres/0007_limits_health.sql"),
+    ),
+    (
+        8,
+        include_str!("../migrations/postgres/0008_event_fingerprint.sql"),
     ),
     (9, include_str!("../migrations/postgres/0009_certs.sql")),
 ];
@@ -168,6 +176,8 @@ pub struct EventRow {
     pub kind: String,
     /// Who did it (`slipway` for the platform itself).
     pub actor: String,
+    /// The SSH key the actor used (a push); `None` when an API token acted.
+    pub fingerprint: Option<String>,
     /// What happened, for people.
     pub detail: String,
     /// Seconds since the epoch.
@@ -706,19 +716,23 @@ impl Db {
     }
 
     /// Appends to the audit log.
+    /// Appends to the audit log; `key` is the SSH key the actor used, if one acted.
     pub async fn add_event(
         &self,
         app: Option<&AppName>,
         kind: &str,
         actor: &str,
+        key: Option<&Fingerprint>,
         detail: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO events (app, kind, actor, detail, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO events (app, kind, actor, fingerprint, detail, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(app.map(AppName::as_str))
         .bind(kind)
         .bind(actor)
+        .bind(key.map(Fingerprint::as_str))
         .bind(detail)
         .bind(now())
         .execute(&self.pool)
@@ -734,7 +748,7 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
-            "SELECT app, kind, actor, detail, created_at FROM events \
+            "SELECT app, kind, actor, fingerprint, detail, created_at FROM events \
              WHERE (CAST($1 AS TEXT) IS NULL OR app = $1) \
              AND (CAST($2 AS TEXT) IS NULL OR actor = $2) \
              ORDER BY id DESC LIMIT $3",
@@ -751,8 +765,9 @@ impl Db {
                     app: r.try_get(0)?,
                     kind: r.try_get(1)?,
                     actor: r.try_get(2)?,
-                    detail: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
+                    fingerprint: r.try_get(3)?,
+                    detail: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1153,8 +1168,9 @@ mod tests {
     fn both_backends_have_the_same_migrations() {
         let versions = |m: &[(i64, &str)]| m.iter().map(|(v, _)| *v).collect::<Vec<_>>();
         assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
-        // Ascending; a version may be missing while the branch that adds it is not merged.
-        assert!(versions(SQLITE_MIGRATIONS).windows(2).all(|w| w[0] < w[1]));
+        // 1, 2, 3, ... with no gap: a migration is never skipped or applied out of order.
+        let expected: Vec<i64> = (1..=SQLITE_MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions(SQLITE_MIGRATIONS), expected);
     }
 
     #[test]
@@ -1170,6 +1186,40 @@ mod tests {
         );
         assert_eq!(Backend::of_url("mysql://h/db"), None);
         assert_eq!(Backend::of_url("nothing"), None);
+    }
+
+    #[tokio::test]
+    async fn events_keep_the_key_a_push_came_from() {
+        let (_dir, dbs) = fresh().await;
+        let app: AppName = "web".parse().unwrap();
+        let key: Fingerprint = "SHA256:2Wq0ycrMuyHQ6Qq6rYBeHdKwnSGBwNH3GJtOYSjATjI"
+            .parse()
+            .unwrap();
+        for db in dbs {
+            db.add_event(
+                Some(&app),
+                "release",
+                "alice",
+                Some(&key),
+                "v1: deploy abc1234",
+            )
+            .await
+            .unwrap();
+            db.add_event(Some(&app), "access", "alice", None, "added bob")
+                .await
+                .unwrap();
+            let events = db.events(Some(&app), None, 10).await.unwrap();
+            let keys: Vec<_> = events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.fingerprint.as_deref()))
+                .collect();
+            assert_eq!(
+                keys,
+                [("release", Some(key.as_str())), ("access", None)],
+                "{:?}",
+                db.backend()
+            );
+        }
     }
 
     #[tokio::test]

@@ -329,7 +329,8 @@ impl Controller {
         Ok(self.db.user_by_token_hash(&hash_token(token)).await?)
     }
 
-    /// Appends to the audit log. A failure to record is logged, never fails the action itself.
+    /// Appends to the audit log what `actor` did through the API (with a token, so no key). A
+    /// failure to record is logged, never fails the action itself.
     pub(crate) async fn record(
         &self,
         app: Option<&AppName>,
@@ -337,26 +338,45 @@ impl Controller {
         actor: &str,
         detail: &str,
     ) {
-        if let Err(e) = self.db.add_event(app, kind, actor, detail).await {
+        self.record_from(app, kind, actor, None, detail).await;
+    }
+
+    /// Appends to the audit log; `key` is the SSH key `actor` used, when one acted (a push).
+    pub(crate) async fn record_from(
+        &self,
+        app: Option<&AppName>,
+        kind: &str,
+        actor: &str,
+        key: Option<&Fingerprint>,
+        detail: &str,
+    ) {
+        if let Err(e) = self.db.add_event(app, kind, actor, key, detail).await {
             tracing::warn!("events: recording {kind}: {e}");
         }
         if let Some(app) = app {
+            let by = match key {
+                Some(key) => format!("by {actor} with key {key}"),
+                None => format!("by {actor}"),
+            };
             self.logs
-                .append(app, "api", None, &format!("{detail} (by {actor})"));
+                .append(app, "api", None, &format!("{detail} ({by})"));
         }
     }
 
-    /// Records a release made from the latest one by `change`, and rolls it out.
+    /// Records a release made from the latest one by `change`, and rolls it out. `key` is the
+    /// SSH key of a push that made it; `None` when an API token acted.
     pub(crate) async fn release(
         &self,
         app: &AppName,
+        key: Option<&Fingerprint>,
         change: impl FnOnce(Option<&Release>) -> NewRelease,
     ) -> Result<Release, ControllerError> {
         let release = self.db.add_release(app, change).await?;
-        self.record(
+        self.record_from(
             Some(app),
             "release",
             &release.created_by,
+            key,
             &format!("{}: {}", release.label(), release.description),
         )
         .await;
@@ -441,7 +461,7 @@ impl Identity for Controller {
 impl Releases for Controller {
     async fn release_build(&self, built: BuiltImage) -> Result<Release, PortError> {
         let short = built.commit.chars().take(7).collect::<String>();
-        self.release(&built.app, |prev| NewRelease {
+        self.release(&built.app, Some(&built.key), |prev| NewRelease {
             image: Some(built.image),
             config: prev.map(|p| p.config.clone()).unwrap_or_default(),
             processes: built.processes,

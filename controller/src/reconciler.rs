@@ -749,7 +749,11 @@ impl Reconciler {
     }
 
     async fn event(&self, app: &AppName, kind: &str, detail: &str) {
-        if let Err(e) = self.db.add_event(Some(app), kind, "slipway", detail).await {
+        if let Err(e) = self
+            .db
+            .add_event(Some(app), kind, "slipway", None, detail)
+            .await
+        {
             warn!("events: recording {kind}: {e}");
         }
         self.logs.append(app, "slipway", None, detail);

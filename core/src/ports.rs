@@ -60,6 +60,8 @@ pub struct BuiltImage {
     pub commit: String,
     /// The pusher.
     pub user: UserName,
+    /// The SSH key the pusher authenticated with, for the audit log.
+    pub key: Fingerprint,
 }
 
 /// Releases and rollouts, as the builder needs them after a successful build.

@@ -10,6 +10,7 @@ pub mod docker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -121,6 +122,26 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// A tar archive handed to the engine: small ones from memory, pushed sources and caches from a
+/// file read in chunks as the engine takes them, so that their size never reaches memory.
+#[derive(Clone)]
+pub enum Archive {
+    /// Bytes in memory: the embedded lifecycle, generated config files.
+    Bytes(bytes::Bytes),
+    /// A file on disk, streamed.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes may be config values, which never reach a log line: only their count.
+        match self {
+            Archive::Bytes(b) => write!(f, "Archive::Bytes({} bytes)", b.len()),
+            Archive::File(path) => write!(f, "Archive::File({})", path.display()),
+        }
+    }
+}
+
 /// A build container to run to completion.
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
@@ -135,7 +156,7 @@ pub struct BuildSpec {
     /// Labels, including [`LABEL_INSTANCE`].
     pub labels: HashMap<String, String>,
     /// Tar archives to extract before start, each at a directory in the container.
-    pub uploads: Vec<(String, Vec<u8>)>,
+    pub uploads: Vec<(String, Archive)>,
     /// Memory limit in bytes.
     pub memory_bytes: i64,
     /// CPU limit in billionths of a CPU.
@@ -148,7 +169,7 @@ pub struct BuildSpec {
 #[derive(Clone)]
 pub struct ImageBuild {
     /// The build context: a tar archive (uncompressed or gzip) with the `Dockerfile` at its root.
-    pub context: Vec<u8>,
+    pub context: Archive,
     /// The reference to tag the image with: `host:port/repo:tag`.
     pub tag: String,
     /// `--build-arg` values; the Dockerfile sees only those it declares with `ARG`.
@@ -168,7 +189,7 @@ impl std::fmt::Debug for ImageBuild {
         // Build arguments may be config values, which never reach a log line.
         f.debug_struct("ImageBuild")
             .field("tag", &self.tag)
-            .field("context_bytes", &self.context.len())
+            .field("context", &self.context)
             .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
             .field("labels", &self.labels)
             .finish_non_exhaustive()

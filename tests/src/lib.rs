@@ -239,6 +239,11 @@ impl Server {
         }
     }
 
+    /// The server process's id, to read its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     /// Kills the server with SIGKILL, as a crash or power loss would, and starts it again on the
     /// same data directory and ports.
     pub fn kill_and_restart(&mut self) {

@@ -80,6 +80,31 @@ fn operate_a_deployed_app() {
         events.contains("web=2") && events.contains("maintenance on"),
         "{events}"
     );
+    // The push's release names the key it came from, as `ssh-keygen -lf` prints it; what an
+    // API token did names none.
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = text(&out).split_whitespace().nth(1).unwrap().to_owned();
+    assert!(fp.starts_with("SHA256:"), "{}", text(&out));
+    let pushed = events.lines().find(|l| l.contains("v1: deploy")).unwrap();
+    assert!(pushed.contains(&fp), "{events}");
+    let scaled = events.lines().find(|l| l.contains("web=2")).unwrap();
+    assert!(!scaled.contains("SHA256:"), "{events}");
+    let json: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "events", "-a", "ops"])).unwrap();
+    let by_kind = |kind: &str| -> serde_json::Value {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {json}"))["fingerprint"]
+            .clone()
+    };
+    assert_eq!(by_kind("release"), serde_json::json!(fp), "{json}");
+    assert_eq!(by_kind("scale"), serde_json::Value::Null, "{json}");
 
     // Logs carry the app's output, with the instance's process type.
     let logs = server.cli_ok(&["logs", "-a", "ops", "-n", "50"]);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Server, run, text};
+use slipway_tests::{Server, git_repo, repo_root, run, text};
 
 /// `ssh` to the server with `key` only and no prompts, killed if it runs for a minute (a
 /// forwarding the server wrongly accepted would otherwise hang the test).
@@ -448,4 +448,67 @@ fn ssh_closes_connections_that_do_not_authenticate_in_time() {
     let _ = idle.kill();
     let _ = idle.wait();
     assert!(still_running, "an authenticated connection was closed");
+}
+
+/// A `/proc/<pid>/status` field of the server (`VmHWM`, `VmRSS`), in KiB.
+fn status_kib(server: &Server, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// How much incompressible data [`ssh_large_push_streams_through_the_server`] pushes.
+const LARGE_PUSH_MIB: u64 = 200;
+
+#[test]
+fn ssh_large_push_streams_through_the_server() {
+    let (server, key) = server_with_app();
+    server.push_stacks();
+    // A Procfile app (a trivial build) beside LARGE_PUSH_MIB of random data. Stored without
+    // compression: git would spend longer deflating it than the push takes.
+    let repo = git_repo(
+        server.dir.path(),
+        "large",
+        &repo_root().join("tests/fixtures/procfile-app"),
+    );
+    std::fs::create_dir(repo.join("data")).unwrap();
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..4 {
+        let mut file = std::fs::File::create(repo.join(format!("data/{i}.bin"))).unwrap();
+        let copied =
+            std::io::copy(&mut (&mut random).take(LARGE_PUSH_MIB << 18), &mut file).unwrap();
+        assert_eq!(copied, LARGE_PUSH_MIB << 18);
+    }
+    for args in [
+        &["add", "-A"][..],
+        &[
+            "-c",
+            "user.email=e@x",
+            "-c",
+            "user.name=e",
+            "commit",
+            "-qm",
+            "data",
+        ],
+    ] {
+        let out = run(Command::new("git")
+            .current_dir(&repo)
+            .args(["-c", "core.compression=0"])
+            .args(args));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let before = status_kib(&server, "VmHWM");
+    let push = server.git_push(&repo, &key, "webapp");
+    assert!(push.status.success(), "{}\n{}", text(&push), server.log());
+    // The source went from the hook to disk to the build container, and the app layer from
+    // disk to the registry and on to Docker, in bounded buffers: the server's peak memory grew
+    // by far less than the push. (Holding the source in memory grew it by twice the push.)
+    let grown_mib = status_kib(&server, "VmHWM").saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < LARGE_PUSH_MIB / 2,
+        "the server's peak memory grew by {grown_mib} MiB for a {LARGE_PUSH_MIB} MiB push"
+    );
 }
