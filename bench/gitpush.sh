@@ -66,7 +66,9 @@ export BENCH_SSH="$GIT_SSH_COMMAND" BENCH_TIMES="$tmp/receive-times"
 : >"$BENCH_TIMES"
 
 # Slipway's ssh key exchange: the anchor uses the same one, so handshakes cost the same.
-kex=$(ssh -v -p "$SSH" ${GIT_SSH_COMMAND#ssh} git@127.0.0.1 true 2>&1 | sed -n 's/.*kex: algorithm: \([^ ]*\).*/\1/p' | head -1)
+# Slipway refuses the `true` command; only the key exchange it agreed is wanted from ssh -v.
+kex=$({ ssh -v -p "$SSH" ${GIT_SSH_COMMAND#ssh} git@127.0.0.1 true 2>&1 || true; } |
+  sed -n 's/.*kex: algorithm: \([^ ]*\).*/\1/p' | head -1 | tr -d '\r')
 echo "# slipway $("$BIN" --version 2>/dev/null || echo "$BIN"); slipway ssh kex $kex"
 
 GIT_URL="ssh://git@127.0.0.1:$SSH/bench-{n}.git" \
