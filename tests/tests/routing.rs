@@ -84,6 +84,22 @@ fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<(u16, boo
     Ok((status, keep))
 }
 
+/// Polls `/` at `host` until it answers `status`, for up to 10 s.
+fn wait_for_status(server: &Server, host: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = server.curl(host, "/", &[]);
+        if code == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{host} still answers {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_router_routes_limits_and_counts() {
     let server = Server::start();
@@ -93,6 +109,8 @@ fn the_router_routes_limits_and_counts() {
     server.cli_ok(&["domains:add", "-a", "shop", "*.shop.test"]);
     let domains = server.cli_ok(&["domains", "-a", "shop"]);
     assert!(domains.contains("*.shop.test"), "{domains}");
+    // The route table changes a moment later, when the reconciler has read the change.
+    wait_for_status(&server, "tenant1.shop.test", 200);
     for host in ["tenant1.shop.test", "a.b.shop.test"] {
         let (code, body) = server.curl(host, "/", &[]);
         assert_eq!(code, 200, "{host}: {body}");
@@ -107,12 +125,7 @@ fn the_router_routes_limits_and_counts() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     server.cli_ok(&["domains:remove", "-a", "shop", "*.shop.test"]);
-    // The route table changes a moment later, when the reconciler has read the change.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.curl("tenant1.shop.test", "/", &[]).0 != 404 {
-        assert!(std::time::Instant::now() < deadline, "still routed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_status(&server, "tenant1.shop.test", 404);
 
     // The body limit is a config var; a bad value is refused in one line.
     let out = server.cli(&["config:set", "-a", "shop", "SLIPWAY_MAX_BODY_SIZE=lots"]);
