@@ -97,6 +97,29 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/postgres/0009_certs.sql")),
 ];
 
+/// The apps table's on/off columns; their queries are literals, never built from input.
+#[derive(Debug, Clone, Copy)]
+enum AppFlag {
+    Maintenance,
+    HttpsEnforced,
+}
+
+impl AppFlag {
+    fn select(self) -> &'static str {
+        match self {
+            AppFlag::Maintenance => "SELECT maintenance FROM apps WHERE name = $1",
+            AppFlag::HttpsEnforced => "SELECT https_enforced FROM apps WHERE name = $1",
+        }
+    }
+
+    fn update(self) -> &'static str {
+        match self {
+            AppFlag::Maintenance => "UPDATE apps SET maintenance = $1 WHERE name = $2",
+            AppFlag::HttpsEnforced => "UPDATE apps SET https_enforced = $1 WHERE name = $2",
+        }
+    }
+}
+
 /// The database backends Slipway runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -582,29 +605,27 @@ impl Db {
 
     /// Whether `app` is in maintenance mode.
     pub async fn maintenance(&self, app: &AppName) -> Result<bool> {
-        let row = sqlx::query("SELECT maintenance FROM apps WHERE name = $1")
-            .bind(app.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get::<i64, _>(0)? != 0,
-            None => false,
-        })
+        self.app_flag(app, AppFlag::Maintenance).await
     }
 
     /// Turns maintenance mode on or off.
     pub async fn set_maintenance(&self, app: &AppName, on: bool) -> Result<()> {
-        sqlx::query("UPDATE apps SET maintenance = $1 WHERE name = $2")
-            .bind(i64::from(on))
-            .bind(app.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.set_app_flag(app, AppFlag::Maintenance, on).await
     }
 
     /// Whether the router redirects `app`'s plain HTTP requests to HTTPS.
     pub async fn https_enforced(&self, app: &AppName) -> Result<bool> {
-        let row = sqlx::query("SELECT https_enforced FROM apps WHERE name = $1")
+        self.app_flag(app, AppFlag::HttpsEnforced).await
+    }
+
+    /// Turns the redirect to HTTPS on or off.
+    pub async fn set_https_enforced(&self, app: &AppName, on: bool) -> Result<()> {
+        self.set_app_flag(app, AppFlag::HttpsEnforced, on).await
+    }
+
+    /// One of the app's on/off columns; false for an app that does not exist.
+    async fn app_flag(&self, app: &AppName, flag: AppFlag) -> Result<bool> {
+        let row = sqlx::query(flag.select())
             .bind(app.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -614,9 +635,8 @@ impl Db {
         })
     }
 
-    /// Turns the redirect to HTTPS on or off.
-    pub async fn set_https_enforced(&self, app: &AppName, on: bool) -> Result<()> {
-        sqlx::query("UPDATE apps SET https_enforced = $1 WHERE name = $2")
+    async fn set_app_flag(&self, app: &AppName, flag: AppFlag, on: bool) -> Result<()> {
+        sqlx::query(flag.update())
             .bind(i64::from(on))
             .bind(app.as_str())
             .execute(&self.pool)
@@ -715,7 +735,6 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Appends to the audit log.
     /// Appends to the audit log; `key` is the SSH key the actor used, if one acted.
     pub async fn add_event(
         &self,
