@@ -23,6 +23,9 @@ DO $$ BEGIN
     CREATE ROLE slipway LOGIN CREATEDB PASSWORD 'slipway';
   END IF;
 END $$;
+-- DROP DATABASE ... WITH (FORCE) ends every session on the database, an autovacuum worker's
+-- too, and that needs the right to signal backends of other roles.
+GRANT pg_signal_backend TO slipway;
 SQL
 # Databases earlier test runs left behind (a killed run never drops its own).
 su postgres -c "psql -qAt -p $port -c \"SELECT datname FROM pg_database WHERE datname ~ '^slipway_(unit|e2e)_'\"" |
