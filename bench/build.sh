@@ -28,7 +28,7 @@ push() {
     while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done > "$tmp/push.log"
   grep -q 'Launching... done' "$tmp/push.log" || { cat "$tmp/push.log" >&2; exit 1; }
   awk -v s="$start" '
-    / KiB uploaded\)/ { built = $1 - s; kib = $0; sub(/ KiB uploaded.*/, "", kib); sub(/.*\(/, "", kib) }
+    / KiB uploaded/ { built = $1 - s; kib = $0; sub(/ KiB uploaded.*/, "", kib); sub(/.*\(/, "", kib) }
     { last = $1 - s }
     END { printf "%.2f %.2f %s\n", built, last, kib }' "$tmp/push.log"
 }

@@ -2,6 +2,12 @@
 //! `DATA/cache/<app>.tar` and uploaded to `/cache` in the next build container, where the
 //! lifecycle hands them back to their buildpacks. The controller removes the file with the app.
 //!
+//! Beside it, `DATA/cache/<app>.layers.json` records the launch layers of the app's last image
+//! (digest, metadata, environment). The next build gets their metadata without their contents;
+//! a buildpack that finds it unchanged re-declares the layer without building it, and the
+//! exporter reuses the layer from the registry: a rebuild that keeps its dependencies neither
+//! uploads them into the build container nor copies them back out.
+//!
 //! Invariant: a failed or partial save never leaves a broken cache (write to a temporary file,
 //! then rename); a missing or unreadable cache only makes the next build slower.
 
@@ -9,7 +15,101 @@ use std::path::{Path, PathBuf};
 
 use slipway_core::AppName;
 
-use crate::export::{self, BuildReport};
+use crate::export::{self, BuildReport, LaunchLayer};
+
+/// The launch layers of an app's last image, and the build image they were built on: layers
+/// from another build image are not offered for reuse.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LaunchRecord {
+    build_image: String,
+    layers: Vec<LaunchLayer>,
+}
+
+/// The launch layers the last build of the app left on `build_image`, or none.
+pub(crate) fn previous_launch_layers(file: &Path, build_image: &str) -> Vec<LaunchLayer> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<LaunchRecord>(&text) {
+        Ok(record) if record.build_image == build_image => record.layers,
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("build cache: {} is garbled: {e}", file.display());
+            Vec::new()
+        }
+    }
+}
+
+/// Records the launch layers of the image just exported, replacing the last record.
+pub(crate) fn save_launch_layers(file: &Path, build_image: &str, layers: Vec<LaunchLayer>) {
+    let record = LaunchRecord {
+        build_image: build_image.to_owned(),
+        layers,
+    };
+    let result = (|| {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = file.with_extension("json.partial");
+        std::fs::write(
+            &partial,
+            serde_json::to_vec(&record).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&partial, file)
+    })();
+    if let Err(e) = result {
+        tracing::warn!("build cache: saving {}: {e}", file.display());
+    }
+}
+
+/// Forgets the launch layers: the next build makes every layer afresh.
+pub(crate) fn clear_launch_layers(file: &Path) {
+    if let Err(e) = std::fs::remove_file(file)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("build cache: removing {}: {e}", file.display());
+    }
+}
+
+/// The archive to upload to `/` of the build container before the cache: each previous launch
+/// layer's `<layer>.toml` under `cache/<buildpack>/` (metadata only, no contents), and
+/// `cache/launch-layers.json` naming them, as the lifecycle expects.
+pub(crate) fn launch_metadata(layers: &[LaunchLayer]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut append = |name: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(if mode & 0o100 != 0 {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        header.set_mode(mode);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        header.set_mtime(export::EPOCH);
+        header.set_size(data.len() as u64);
+        tar.append_data(&mut header, name, data)
+    };
+    append("cache", 0o755, &[])?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for layer in layers {
+        let Some((buildpack, _)) = layer.rel.split_once('/') else {
+            continue;
+        };
+        if dirs.insert(buildpack) {
+            append(&format!("cache/{buildpack}"), 0o755, &[])?;
+        }
+        append(
+            &format!("cache/{}.toml", layer.rel),
+            0o644,
+            layer.toml.as_bytes(),
+        )?;
+    }
+    let names: Vec<&str> = layers.iter().map(|l| l.rel.as_str()).collect();
+    let json = serde_json::to_vec(&names).map_err(std::io::Error::other)?;
+    append("cache/launch-layers.json", 0o644, &json)?;
+    tar.into_inner()
+}
 
 /// Where `app`'s cache lives under the data directory.
 pub(crate) fn path(data_dir: &Path, app: &AppName) -> PathBuf {
@@ -68,6 +168,51 @@ fn try_save(file: &Path, layers: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn layer(rel: &str) -> LaunchLayer {
+        LaunchLayer {
+            rel: rel.to_owned(),
+            digest: "sha256:aa".to_owned(),
+            diff_id: "sha256:bb".to_owned(),
+            size: 3,
+            toml: "[metadata]\nchecksum = \"c\"\n".to_owned(),
+            env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn launch_layers_are_offered_only_on_the_same_build_image() {
+        let data = tempfile::tempdir().unwrap();
+        let file = data.path().join("cache/app.layers.json");
+        assert!(previous_launch_layers(&file, "build:1").is_empty());
+        save_launch_layers(&file, "build:1", vec![layer("bp/venv")]);
+        assert_eq!(previous_launch_layers(&file, "build:1"), [layer("bp/venv")]);
+        assert!(previous_launch_layers(&file, "build:2").is_empty());
+        std::fs::write(&file, "{").unwrap();
+        assert!(previous_launch_layers(&file, "build:1").is_empty());
+        clear_launch_layers(&file);
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn launch_metadata_holds_tomls_and_the_list() {
+        let tar = launch_metadata(&[layer("bp/venv"), layer("bp/deps")]).unwrap();
+        let mut files = std::collections::BTreeMap::new();
+        for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            files.insert(entry.path().unwrap().display().to_string(), text);
+        }
+        assert!(files["cache/bp/venv.toml"].contains("checksum"));
+        assert!(files.contains_key("cache/bp/deps.toml"));
+        assert_eq!(
+            files["cache/launch-layers.json"],
+            r#"["bp/venv","bp/deps"]"#
+        );
+        // Metadata only: no layer directory.
+        assert!(!files.contains_key("cache/bp/venv"));
+    }
 
     #[test]
     fn saves_only_cache_layers_and_clears_when_none() {

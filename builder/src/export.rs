@@ -48,13 +48,41 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// One layer written to disk, ready to push.
+/// One layer of the image: written to disk, ready to push, or reused from the previous image.
 struct Layer {
-    file: tempfile::NamedTempFile,
+    /// The layer's bytes; `None` for a layer the previous image already has in the registry.
+    file: Option<tempfile::NamedTempFile>,
     digest: String,
     diff_id: String,
     size: u64,
     what: String,
+}
+
+/// A launch layer as the image holds it, kept after the export so the next build of the app
+/// can reuse it without its contents (a buildpack re-declares it, unchanged, by its metadata).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LaunchLayer {
+    /// `<escaped buildpack id>/<layer>`.
+    pub rel: String,
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    /// The `<layer>.toml` the buildpack wrote, handed back as metadata in the next build.
+    pub toml: String,
+    /// What the layer adds to the image's environment, which a reused layer still adds.
+    pub env: Vec<EnvOp>,
+}
+
+/// The largest `<layer>.toml` kept for reuse; a layer with more metadata is rebuilt each time.
+const LAYER_TOML_MAX: u64 = 64 * 1024;
+
+/// One change a launch layer makes to the environment, as CNB `env/` files name them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct EnvOp {
+    pub key: String,
+    /// `override`, `default`, `prepend` or `append`.
+    pub action: String,
+    pub value: String,
 }
 
 /// What the export produced.
@@ -65,6 +93,10 @@ pub struct Exported {
     pub uploaded: u64,
     /// Process types from the buildpacks' `launch.toml`.
     pub launch_processes: ProcessTypes,
+    /// The image's launch layers, for the next build to reuse.
+    pub(crate) launch_layers: Vec<LaunchLayer>,
+    /// How many launch layers came unchanged from the previous image.
+    pub reused: usize,
 }
 
 struct HashWriter<W> {
@@ -129,7 +161,7 @@ fn write_layer(
     let mut out = inner.inner.finish().map_err(io("compressing a layer"))?;
     out.flush().map_err(io("writing a layer"))?;
     Ok(Layer {
-        file,
+        file: Some(file),
         digest: format!("sha256:{}", hex::encode(out.hash.finalize())),
         diff_id,
         size: out.len,
@@ -203,6 +235,9 @@ pub(crate) struct BuildReport {
     /// Layers to keep for the next build, in the same form.
     #[serde(default)]
     pub cache_layers: Vec<String>,
+    /// Launch layers to take unchanged from the previous image (also in `launch_layers`).
+    #[serde(default)]
+    pub reused_layers: Vec<String>,
     /// Process types and their shell commands.
     #[serde(default)]
     pub processes: ProcessTypes,
@@ -217,7 +252,8 @@ impl BuildReport {
             .map_err(|e| BuildError::Export(format!("the build left no report ({e})")))?;
         let report: BuildReport = serde_json::from_str(&text)
             .map_err(|e| BuildError::Export(format!("the build report is garbled: {e}")))?;
-        for rel in report.launch_layers.iter().chain(&report.cache_layers) {
+        let all = report.launch_layers.iter().chain(&report.cache_layers);
+        for rel in all.chain(&report.reused_layers) {
             let plain = |c: &str| !c.is_empty() && c != "." && c != "..";
             let parts: Vec<&str> = rel.split('/').collect();
             if parts.len() != 2 || !parts.iter().all(|c| plain(c)) {
@@ -230,21 +266,20 @@ impl BuildReport {
     }
 }
 
-/// Environment a launch layer contributes: `bin/` on `PATH`, `lib/` on `LD_LIBRARY_PATH`, and
-/// the files in `env/` and `env.launch/`.
-fn layer_env(dir: &Path, in_image: &str, env: &mut BTreeMap<String, String>) {
-    let prepend = |env: &mut BTreeMap<String, String>, key: &str, value: String| {
-        let joined = match env.get(key) {
-            Some(old) if !old.is_empty() => format!("{value}:{old}"),
-            _ => value,
-        };
-        env.insert(key.to_owned(), joined);
+/// Environment a launch layer contributes, in order: `bin/` on `PATH`, `lib/` on
+/// `LD_LIBRARY_PATH`, and the files in `env/` and `env.launch/`.
+fn layer_env(dir: &Path, in_image: &str) -> Vec<EnvOp> {
+    let op = |key: &str, action: &str, value: String| EnvOp {
+        key: key.to_owned(),
+        action: action.to_owned(),
+        value,
     };
+    let mut ops = Vec::new();
     if dir.join("bin").is_dir() {
-        prepend(env, "PATH", format!("{in_image}/bin"));
+        ops.push(op("PATH", "prepend", format!("{in_image}/bin")));
     }
     if dir.join("lib").is_dir() {
-        prepend(env, "LD_LIBRARY_PATH", format!("{in_image}/lib"));
+        ops.push(op("LD_LIBRARY_PATH", "prepend", format!("{in_image}/lib")));
     }
     for sub in ["env", "env.launch"] {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
@@ -260,30 +295,33 @@ fn layer_env(dir: &Path, in_image: &str, env: &mut BTreeMap<String, String>) {
                 continue;
             };
             let (key, action) = name.rsplit_once('.').unwrap_or((name, "override"));
-            match action {
-                "override" => {
-                    env.insert(key.to_owned(), value);
-                }
-                "default" => {
-                    env.entry(key.to_owned()).or_insert(value);
-                }
-                "prepend" => prepend(env, key, value),
-                "append" => {
-                    let joined = match env.get(key) {
-                        Some(old) if !old.is_empty() => format!("{old}:{value}"),
-                        _ => value,
-                    };
-                    env.insert(key.to_owned(), joined);
-                }
-                _ => {}
+            if matches!(action, "override" | "default" | "prepend" | "append") {
+                ops.push(op(key, action, value));
             }
         }
+    }
+    ops
+}
+
+/// Applies a layer's environment changes to `env`.
+fn apply_env(ops: &[EnvOp], env: &mut BTreeMap<String, String>) {
+    for EnvOp { key, action, value } in ops {
+        let old = env.get(key).filter(|old| !old.is_empty());
+        let value = match (action.as_str(), old) {
+            ("default", Some(_)) => continue,
+            ("prepend", Some(old)) => format!("{value}:{old}"),
+            ("append", Some(old)) => format!("{old}:{value}"),
+            _ => value.clone(),
+        };
+        env.insert(key.clone(), value);
     }
 }
 
 /// Builds the image from the extracted build output under `root` (holding `workspace/` and
-/// `layers/`) on top of `run_image`, and pushes it as `apps/<app>:<tag>`.
-pub async fn export(
+/// `layers/`) on top of `run_image`, and pushes it as `apps/<app>:<tag>`. Launch layers the
+/// build reused come from `previous`, the launch layers of the app's previous image.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn export(
     root: &Path,
     scratch: &Path,
     target: &Target,
@@ -291,6 +329,7 @@ pub async fn export(
     app: &str,
     tag: &str,
     processes: &ProcessTypes,
+    previous: &[LaunchLayer],
 ) -> Result<Exported, BuildError> {
     let reg_err = |what: &'static str| {
         move |e: oci_client::errors::OciDistributionError| {
@@ -348,30 +387,56 @@ pub async fn export(
 
     // Buildpack layers marked launch=true, then the app: sorted, so the order is stable.
     let (layers_dir, root_owned) = (root.join("layers"), root.to_owned());
-    let scratch_owned = scratch.to_owned();
-    let (built, mut env, launch) = tokio::task::spawn_blocking(move || {
+    let (scratch_owned, previous) = (scratch.to_owned(), previous.to_vec());
+    let (built, records, mut env, launch) = tokio::task::spawn_blocking(move || {
         let report = BuildReport::read(&layers_dir)?;
         let mut env = BTreeMap::new();
-        let mut rels = Vec::new();
+        let (mut built, mut records) = (Vec::new(), Vec::new());
         for layer in &report.launch_layers {
             let rel = format!("layers/{layer}");
-            if root_owned.join(&rel).is_dir() {
-                layer_env(&root_owned.join(&rel), &format!("/{rel}"), &mut env);
-                rels.push(rel);
-            }
+            let record = if report.reused_layers.contains(layer) {
+                // The lifecycle only offers the previous image's layers for reuse; a report
+                // naming another one is refused.
+                let old = previous.iter().find(|l| &l.rel == layer).ok_or_else(|| {
+                    BuildError::Export(format!("the build reuses an unknown layer {layer}"))
+                })?;
+                built.push(Layer {
+                    file: None,
+                    digest: old.digest.clone(),
+                    diff_id: old.diff_id.clone(),
+                    size: old.size,
+                    what: rel,
+                });
+                LaunchLayer {
+                    toml: layer_toml(&layers_dir, layer).unwrap_or_else(|| old.toml.clone()),
+                    ..old.clone()
+                }
+            } else if root_owned.join(&rel).is_dir() {
+                let written = write_layer(&root_owned, &[&rel], &scratch_owned, &rel)?;
+                let record = LaunchLayer {
+                    rel: layer.clone(),
+                    digest: written.digest.clone(),
+                    diff_id: written.diff_id.clone(),
+                    size: written.size,
+                    toml: layer_toml(&layers_dir, layer).unwrap_or_default(),
+                    env: layer_env(&root_owned.join(&rel), &format!("/{rel}")),
+                };
+                built.push(written);
+                record
+            } else {
+                continue;
+            };
+            apply_env(&record.env, &mut env);
+            records.push(record);
         }
         let launch = report.processes;
-        let mut built = Vec::new();
-        for rel in &rels {
-            built.push(write_layer(&root_owned, &[rel], &scratch_owned, rel)?);
-        }
         built.push(write_layer(
             &root_owned,
             &["workspace"],
             &scratch_owned,
             "app",
         )?);
-        Ok::<_, BuildError>((built, env, launch))
+        Ok::<_, BuildError>((built, records, env, launch))
     })
     .await
     .map_err(|e| BuildError::Export(format!("export task: {e}")))??;
@@ -417,7 +482,14 @@ pub async fn export(
         {
             continue;
         }
-        let file = tokio::fs::File::open(layer.file.path())
+        let Some(file) = &layer.file else {
+            return Err(BuildError::Export(format!(
+                "layer {} of the previous image is gone from the registry; push again to \
+                 rebuild it",
+                layer.what
+            )));
+        };
+        let file = tokio::fs::File::open(file.path())
             .await
             .map_err(io("reading a layer"))?;
         let stream = tokio_util::io::ReaderStream::new(file).map(|r| {
@@ -521,7 +593,18 @@ pub async fn export(
         image: format!("{}/apps/{app}@{manifest_digest}", target.registry),
         uploaded,
         launch_processes: launch,
+        reused: built.iter().filter(|l| l.file.is_none()).count(),
+        launch_layers: records,
     })
+}
+
+/// The `<layer>.toml` of launch layer `rel` under `layers_dir`, if it is small enough to keep.
+fn layer_toml(layers_dir: &Path, rel: &str) -> Option<String> {
+    let path = layers_dir.join(format!("{rel}.toml"));
+    let meta = std::fs::metadata(&path).ok()?;
+    (meta.is_file() && meta.len() <= LAYER_TOML_MAX)
+        .then(|| std::fs::read_to_string(&path).ok())
+        .flatten()
 }
 
 use futures_util::StreamExt as _;
@@ -549,6 +632,42 @@ mod tests {
             write(bad);
             assert!(BuildReport::read(dir.path()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn layer_environment_is_recorded_and_replayed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::create_dir_all(d.join("env")).unwrap();
+        std::fs::create_dir_all(d.join("env.launch")).unwrap();
+        std::fs::write(d.join("env/NODE_ENV.default"), "production").unwrap();
+        std::fs::write(d.join("env/PATH.append"), "/extra").unwrap();
+        std::fs::write(d.join("env.launch/GREETING"), "hi").unwrap();
+        std::fs::write(d.join("env.launch/ODD.unknown"), "x").unwrap();
+        let ops = layer_env(d, "/layers/bp/deps");
+        let mut env = BTreeMap::from([
+            ("PATH".to_owned(), "/usr/bin".to_owned()),
+            ("NODE_ENV".to_owned(), "development".to_owned()),
+        ]);
+        // As a reused layer does: from the record, after a JSON round trip.
+        let ops: Vec<EnvOp> = serde_json::from_str(&serde_json::to_string(&ops).unwrap()).unwrap();
+        apply_env(&ops, &mut env);
+        assert_eq!(env["PATH"], "/layers/bp/deps/bin:/usr/bin:/extra");
+        assert_eq!(env["NODE_ENV"], "development");
+        assert_eq!(env["GREETING"], "hi");
+        assert!(!env.contains_key("ODD"));
+    }
+
+    #[test]
+    fn reused_layers_must_be_known_and_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("slipway-build.json"),
+            r#"{"launch_layers": ["bp/venv"], "reused_layers": ["../x"]}"#,
+        )
+        .unwrap();
+        assert!(BuildReport::read(dir.path()).is_err());
     }
 
     #[test]

@@ -104,6 +104,7 @@ async fn build(
 
     // detect + build, inside a container of the build image.
     let cache_file = cache::path(&shared.config.data_dir, app);
+    let layers_file = slipway_core::layout::launch_layers_path(&shared.config.data_dir, app);
     let config = shared
         .releases
         .build_config(app)
@@ -120,7 +121,11 @@ async fn build(
         .pull(&build_image, &registry)
         .await
         .map_err(|e| BuildError::Build(format!("{e}; push the stacks with stacks/push.sh")))?;
+    let previous = cache::previous_launch_layers(&layers_file, &build_image);
+    let launch_metadata =
+        cache::launch_metadata(&previous).map_err(|e| BuildError::Build(e.to_string()))?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let build_image_name = build_image.clone();
     let spec = BuildSpec {
         name: format!("slipway-build-{app}-{:08x}", rand::random::<u32>()),
         image: build_image,
@@ -142,7 +147,9 @@ async fn build(
                 "/workspace".to_owned(),
                 Archive::File(source.tar.path().to_owned()),
             )),
-            // The previous build's cache layers, under /cache.
+            // The previous image's launch layers, metadata only, then the previous build's
+            // cache layers, under /cache.
+            Some(("/".to_owned(), Archive::Bytes(launch_metadata.into()))),
             cache::load(&cache_file).map(|tar| ("/".to_owned(), Archive::File(tar))),
             // Config vars as the CNB platform gives them: one file each in /platform/env.
             Some((
@@ -201,12 +208,26 @@ async fn build(
             app.as_str(),
             &push.new,
             &procfile,
+            &previous,
         )
-        .await?;
+        .await;
+        let exported = match exported {
+            Ok(exported) => exported,
+            Err(e) => {
+                // The next build starts afresh rather than trip over the same layers.
+                cache::clear_launch_layers(&layers_file);
+                return Err(e);
+            }
+        };
         let (cache_file, layers) = (cache_file.clone(), scratch.path().join("root/layers"));
-        tokio::task::spawn_blocking(move || cache::save(&cache_file, &layers))
-            .await
-            .map_err(|e| BuildError::Export(e.to_string()))?;
+        let (layers_file, records) = (layers_file.clone(), exported.launch_layers.clone());
+        let build_image = build_image_name.clone();
+        tokio::task::spawn_blocking(move || {
+            cache::save(&cache_file, &layers);
+            cache::save_launch_layers(&layers_file, &build_image, records);
+        })
+        .await
+        .map_err(|e| BuildError::Export(e.to_string()))?;
         Ok(exported)
     }
     .await;
@@ -215,9 +236,14 @@ async fn build(
         .remove(&container, std::time::Duration::ZERO)
         .await;
     let exported = outcome?;
+    let reused = match exported.reused {
+        0 => String::new(),
+        1 => ", 1 layer reused".to_owned(),
+        n => format!(", {n} layers reused"),
+    };
     push.reporter
         .line(&format!(
-            "       {} ({} KiB uploaded)",
+            "       {} ({} KiB uploaded{reused})",
             exported.image,
             exported.uploaded.div_ceil(1024)
         ))

@@ -388,11 +388,16 @@ impl Controller {
     pub(crate) async fn forget(&self, app: &AppName) -> Result<(), ControllerError> {
         self.reconciler.send(Event::Destroyed(app.clone()));
         self.logs.remove(app);
-        let cache = slipway_core::layout::build_cache_path(&self.config.data_dir, app);
-        if let Err(e) = tokio::fs::remove_file(&cache).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(app = %app, "removing the build cache {}: {e}", cache.display());
+        let data = &self.config.data_dir;
+        for cache in [
+            slipway_core::layout::build_cache_path(data, app),
+            slipway_core::layout::launch_layers_path(data, app),
+        ] {
+            if let Err(e) = tokio::fs::remove_file(&cache).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(app = %app, "removing the build cache {}: {e}", cache.display());
+            }
         }
         let repo = slipway_core::layout::repo_path(&self.config.data_dir, app);
         match tokio::fs::remove_dir_all(&repo).await {

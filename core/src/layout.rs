@@ -16,3 +16,9 @@ pub fn repo_path(data_dir: &Path, app: &AppName) -> PathBuf {
 pub fn build_cache_path(data_dir: &Path, app: &AppName) -> PathBuf {
     data_dir.join("cache").join(format!("{app}.tar"))
 }
+
+/// The launch layers of `app`'s last built image, which its next build may reuse:
+/// `DATA/cache/<app>.layers.json`.
+pub fn launch_layers_path(data_dir: &Path, app: &AppName) -> PathBuf {
+    data_dir.join("cache").join(format!("{app}.layers.json"))
+}

@@ -95,6 +95,7 @@ fn nodejs_app_builds_offline_and_redeploys() {
             "-----> Reusing node_modules: package.json and package-lock.json unchanged",
         ],
     );
+    assert!(text.contains("KiB uploaded, 1 layer reused)"), "{text}");
     p.server.wait_for_body(
         "nodeapp",
         "node howdy from nodeapp v2 (production)",
@@ -200,6 +201,8 @@ fn python_dependencies_are_cached_while_requirements_are_unchanged() {
         &["-----> Reusing the virtualenv: requirements.txt unchanged"],
     );
     assert!(!text.contains("Installing requirements"), "{text}");
+    // The virtualenv layer comes from the previous image, not from the build.
+    assert!(text.contains("KiB uploaded, 1 layer reused)"), "{text}");
     p.server
         .wait_for_body("pydeps", "howdy from pydeps v2", Duration::from_secs(60));
     let imported = p.server.cli(&[
