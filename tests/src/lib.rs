@@ -320,6 +320,16 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Adds user `name` with `users:add` and returns their API token, which it prints once.
+    pub fn add_user(&self, name: &str) -> String {
+        let added = self.cli_ok(&["users:add", name]);
+        added
+            .lines()
+            .find_map(|l| l.strip_prefix("their API token (shown once): "))
+            .unwrap_or_else(|| panic!("users:add printed no token:\n{added}"))
+            .to_owned()
+    }
+
     /// Pushes the default stack images into this server's registry.
     pub fn push_stacks(&self) {
         let out = run(Command::new("bash")

@@ -186,12 +186,7 @@ fn operate_a_deployed_app() {
     );
 
     // Users: admin adds bob; bob's token works, sees no apps, and cannot touch admin's.
-    let added = server.cli_ok(&["users:add", "bob"]);
-    let bob_token = added
-        .lines()
-        .find_map(|l| l.strip_prefix("their API token (shown once): "))
-        .expect("users:add prints the token")
-        .to_owned();
+    let bob_token = server.add_user("bob");
     let bob = |args: &[&str]| server.cli_env(args, &[("SLIPWAY_TOKEN", &bob_token)]);
     assert!(bob(&["apps"]).status.success());
     assert!(!text(&bob(&["apps"])).contains("ops"));

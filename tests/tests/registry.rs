@@ -69,12 +69,7 @@ fn clients_follow_the_bearer_challenge() {
     server.push_stacks();
     server.cli_ok(&["apps:create", "shared"]);
     server.cli_ok(&["apps:create", "private"]);
-    let added = server.cli_ok(&["users:add", "bob"]);
-    let bob_token = added
-        .lines()
-        .find_map(|l| l.strip_prefix("their API token (shown once): "))
-        .expect("users:add prints the token")
-        .to_owned();
+    let bob_token = server.add_user("bob");
     server.cli_ok(&["access:add", "-a", "shared", "bob"]);
     let host = format!("127.0.0.1:{}", server.registry);
     let bob = format!("bob:{bob_token}");

@@ -190,12 +190,8 @@ fn the_router_routes_limits_and_counts() {
         .unwrap();
     // 413 twice, 431 once: the metrics count what the router answered itself too.
     assert!(four_xx >= 3, "{out}");
-    let added = server.cli_ok(&["users:add", "mallory"]);
-    let token = added
-        .lines()
-        .find_map(|l| l.strip_prefix("their API token (shown once): "))
-        .expect("users:add prints the token");
-    assert!(text(&metrics(token)).ends_with("403"));
+    let token = server.add_user("mallory");
+    assert!(text(&metrics(&token)).ends_with("403"));
 
     // Deploys and a restart under steady load over keep-alive connections: not one request
     // fails. Two web instances, so a restart is rolling between them.
