@@ -1,8 +1,8 @@
 //! The build lifecycle to the Cloud Native Buildpacks spec, with buildpacks written outside
 //! Slipway: an app's own group in project.toml (a build plan between two buildpacks, an optional
 //! one that does not detect, build, cache and launch layers, launch.toml with args), its cache
-//! reused on the next build, a Heroku-style classic buildpack, and the same commit building to
-//! the same image digest.
+//! and a launch layer reused on the next build, a Heroku-style classic buildpack, and the same
+//! commit building to the same image digest.
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +39,7 @@ fn spec_buildpacks_classic_buildpacks_and_reproducible_images() {
     let out = push_ok(&server, &app, &key, "cnbapp");
     assert!(out.contains("-----> Test tool"), "{out}");
     assert!(out.contains("making the tool layer"), "{out}");
+    assert!(out.contains("making the words layer"), "{out}");
     assert!(out.contains("-----> Test greeter"), "{out}");
     assert!(!out.contains("never runs"), "{out}");
     server.wait_for_body(
@@ -55,11 +56,17 @@ fn spec_buildpacks_classic_buildpacks_and_reproducible_images() {
     commit_all(&app, "change");
     let out = push_ok(&server, &app, &key, "cnbapp");
     assert!(out.contains("reusing the cached tool layer"), "{out}");
+    // The launch-only layer comes from the previous image, its environment included.
+    assert!(
+        out.contains("reusing the words layer from the previous image"),
+        "{out}"
+    );
+    assert!(out.contains("KiB uploaded, 1 layer reused)"), "{out}");
     assert!(out.contains("platform env: BUILD_MESSAGE"), "{out}");
     assert!(!out.contains("value-9c1d"), "{out}");
     server.wait_for_body(
         "cnbapp",
-        "loud hello from cnbapp v3",
+        "loud hello from cnbapp v3 (bye)",
         Duration::from_secs(60),
     );
 
