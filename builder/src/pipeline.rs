@@ -142,11 +142,12 @@ async fn build(
         ]),
         // The source and the cache stream from their files: a push's size never reaches memory.
         uploads: [
-            Some(("/".to_owned(), Archive::Bytes(Bytes::from_static(CNB_TAR)))),
             Some((
                 "/workspace".to_owned(),
                 Archive::File(source.tar.path().to_owned()),
             )),
+            // The rest all go to /, in one request to the engine.
+            Some(("/".to_owned(), Archive::Bytes(Bytes::from_static(CNB_TAR)))),
             // The previous image's launch layers, metadata only, then the previous build's
             // cache layers, under /cache.
             Some(("/".to_owned(), Archive::Bytes(launch_metadata.into()))),

@@ -322,17 +322,24 @@ impl Engine for Docker {
             .await
             .map_err(engine)?
             .id;
-        for (path, tar) in spec.uploads {
+        // Archives bound for the same directory, one after another, go as one archive: one
+        // request to the engine instead of one each.
+        let mut uploads = spec.uploads.into_iter().peekable();
+        while let Some((path, first)) = uploads.next() {
+            let mut parts = vec![archive_body(first).await?];
+            while let Some((_, next)) = uploads.next_if(|(p, _)| *p == path) {
+                parts.push(archive_body(next).await?);
+            }
+            let body = match parts.len() {
+                1 => parts.remove(0),
+                _ => crate::tarcat::concat(parts),
+            };
             let options = UploadToContainerOptions {
                 path,
                 ..Default::default()
             };
             self.api
-                .upload_to_container(
-                    &id,
-                    Some(options),
-                    bollard::body_try_stream(archive_body(tar).await?),
-                )
+                .upload_to_container(&id, Some(options), bollard::body_try_stream(body))
                 .await
                 .map_err(engine)?;
         }

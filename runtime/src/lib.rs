@@ -7,6 +7,7 @@
 //! them. It never touches a container that lacks the caller's `slipway.instance` label.
 
 pub mod docker;
+mod tarcat;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -155,7 +156,9 @@ pub struct BuildSpec {
     pub env: Vec<String>,
     /// Labels, including [`LABEL_INSTANCE`].
     pub labels: HashMap<String, String>,
-    /// Tar archives to extract before start, each at a directory in the container.
+    /// Tar archives to extract before start, each at a directory in the container, in order
+    /// (a later one overwrites what an earlier one wrote). Consecutive archives for the same
+    /// directory reach the engine as one.
     pub uploads: Vec<(String, Archive)>,
     /// Memory limit in bytes.
     pub memory_bytes: i64,
