@@ -71,6 +71,11 @@ pub(crate) async fn build(
         memory_bytes: shared.config.build_memory_bytes,
         nano_cpus: shared.config.build_nano_cpus,
         timeout: shared.config.build_timeout,
+        pull_auth: RegistryAuth {
+            server: shared.config.registry_addr.clone(),
+            username: shared.config.registry_user.clone(),
+            password: shared.config.registry_token.clone(),
+        },
     };
     let engine = shared.engine.clone();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);

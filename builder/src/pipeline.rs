@@ -170,13 +170,19 @@ async fn build(
     while let Some(chunk) = rx.recv().await {
         push.reporter.output(&chunk).await;
     }
-    let (container, code) = running
+    let exit = running
         .await
         .map_err(|e| BuildError::Build(e.to_string()))?
         .map_err(|e| BuildError::Build(e.to_string()))?;
+    let container = exit.container.clone();
     let outcome = async {
-        match code {
+        match exit.code {
             0 => {}
+            _ if exit.out_of_memory => {
+                return Err(BuildError::Build(out_of_memory(
+                    shared.config.build_memory_bytes,
+                )));
+            }
             100 => return Err(BuildError::Detect("no buildpack detected this app".into())),
             n => return Err(BuildError::Build(format!("the build failed (exit {n})"))),
         }
@@ -299,6 +305,14 @@ async fn release(
         .await
         .map_err(|e| BuildError::Deploy(e.to_string()))?;
     Ok(release.version)
+}
+
+/// What the pusher is told when the kernel stopped the build for its memory.
+pub(crate) fn out_of_memory(limit: i64) -> String {
+    format!(
+        "the build ran out of memory (limit {} MiB); the server's SLIPWAY_BUILD_MEMORY sets it",
+        limit >> 20
+    )
 }
 
 /// `/platform/env/<KEY>` files holding the config vars, readable by the stack user only. Their

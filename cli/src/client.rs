@@ -650,6 +650,21 @@ fn parse_memory(v: &str) -> Result<i64> {
     i64::try_from(bytes).map_err(|_| anyhow!("{v:?}: use a size such as 512M or 1G"))
 }
 
+/// A build's memory limit: a size as [`parse_memory`] reads it, at least 16 MiB (the engine
+/// refuses less than 6 MiB, and nothing builds in that).
+pub(crate) fn parse_build_memory(v: &str) -> Result<i64> {
+    let bytes = parse_memory(v)?;
+    if bytes < 16 << 20 {
+        return Err(anyhow!("{v:?}: a build needs at least 16M"));
+    }
+    Ok(bytes)
+}
+
+/// A build's CPU limit, as [`parse_cpu`] reads it.
+pub(crate) fn parse_build_cpus(v: &str) -> Result<i64> {
+    parse_cpu(v)
+}
+
 /// `1.5` CPUs or `500m` millicores, as billionths of a CPU.
 fn parse_cpu(v: &str) -> Result<i64> {
     let bad = || anyhow!("{v:?}: use CPUs such as 1.5, or millicores such as 500m");

@@ -30,6 +30,10 @@ pub(crate) const BUILD_IMAGE: &str = "SLIPWAY_BUILD_IMAGE";
 pub(crate) const RUN_IMAGE: &str = "SLIPWAY_RUN_IMAGE";
 /// Seconds a build may run before it is stopped and the push rejected (default 900).
 pub(crate) const BUILD_TIMEOUT_SECS: &str = "SLIPWAY_BUILD_TIMEOUT_SECS";
+/// Memory a build may use, swap included (default `2G`).
+pub(crate) const BUILD_MEMORY: &str = "SLIPWAY_BUILD_MEMORY";
+/// CPUs a build may use (default `1.5`).
+pub(crate) const BUILD_CPUS: &str = "SLIPWAY_BUILD_CPUS";
 /// Seconds the router waits for an instance to accept a connection (default 5).
 pub(crate) const ROUTER_CONNECT_TIMEOUT_SECS: &str = "SLIPWAY_ROUTER_CONNECT_TIMEOUT_SECS";
 /// Seconds an instance may stay silent before the router answers 504 (default 30).

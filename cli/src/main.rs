@@ -81,6 +81,15 @@ enum Command {
         /// Seconds a build may run before the push is rejected.
         #[arg(long, env = env::BUILD_TIMEOUT_SECS, default_value_t = 900)]
         build_timeout_secs: u64,
+        /// Memory a build may use (`2G`, `512M`), swap included; a build over it is stopped
+        /// and the push rejected.
+        #[arg(long, env = env::BUILD_MEMORY, default_value = "2G",
+              value_parser = client::parse_build_memory)]
+        build_memory: i64,
+        /// CPUs a build may use (`1.5`, or millicores such as `500m`).
+        #[arg(long, env = env::BUILD_CPUS, default_value = "1.5",
+              value_parser = client::parse_build_cpus)]
+        build_cpus: i64,
         /// Seconds the router waits for an instance to accept a connection (then 502).
         #[arg(long, env = env::ROUTER_CONNECT_TIMEOUT_SECS, default_value_t = 5,
               value_parser = clap::value_parser!(u64).range(1..))]
@@ -395,6 +404,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             build_image,
             run_image,
             build_timeout_secs,
+            build_memory,
+            build_cpus,
             router_connect_timeout_secs,
             router_read_timeout_secs,
         } => {
@@ -420,6 +431,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 build_image: build_image.clone(),
                 run_image: run_image.clone(),
                 build_timeout: std::time::Duration::from_secs(*build_timeout_secs),
+                build_memory_bytes: *build_memory,
+                build_nano_cpus: *build_cpus,
                 router_limits: slipway_router::RouterLimits {
                     connect_timeout: std::time::Duration::from_secs(*router_connect_timeout_secs),
                     read_timeout: std::time::Duration::from_secs(*router_read_timeout_secs),

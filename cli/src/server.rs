@@ -28,6 +28,8 @@ pub(crate) struct ServerArgs {
     pub(crate) build_image: String,
     pub(crate) run_image: String,
     pub(crate) build_timeout: std::time::Duration,
+    pub(crate) build_memory_bytes: i64,
+    pub(crate) build_nano_cpus: i64,
     pub(crate) router_limits: slipway_router::RouterLimits,
     pub(crate) registry_gc_grace: std::time::Duration,
 }
@@ -147,6 +149,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     builder.build_image = args.build_image.clone();
     builder.run_image = args.run_image.clone();
     builder.build_timeout = args.build_timeout;
+    builder.build_memory_bytes = args.build_memory_bytes;
+    builder.build_nano_cpus = args.build_nano_cpus;
     builder.hook_program = std::env::current_exe().context("locating the slipway binary")?;
     let ssh_addr = slipway_builder::start(builder, controller.clone(), controller.clone(), engine)
         .await

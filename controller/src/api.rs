@@ -1335,6 +1335,7 @@ async fn run_oneoff(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<String, std::io::Error>>(64);
     let ctl2 = ctl.clone();
     let image = release.image.clone().unwrap_or_default();
+    let limit = spec.memory_bytes;
     tokio::spawn(async move {
         let line = |v: serde_json::Value| format!("{v}\n");
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
@@ -1359,9 +1360,19 @@ async fn run_oneoff(
             }
         }
         let code = match running.await {
-            Ok(Ok((id, code))) => {
-                let _ = ctl2.engine().remove(&id, std::time::Duration::ZERO).await;
-                code
+            Ok(Ok(exit)) => {
+                let _ = ctl2
+                    .engine()
+                    .remove(&exit.container, std::time::Duration::ZERO)
+                    .await;
+                if exit.out_of_memory && exit.code != 0 {
+                    let _ = tx
+                        .send(Ok(line(serde_json::json!({
+                            "output": format!("ran out of memory (limit {} MiB)\n", limit >> 20)
+                        }))))
+                        .await;
+                }
+                exit.code
             }
             Ok(Err(e)) => {
                 let _ = tx

@@ -21,8 +21,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::{
-    Archive, BuildSpec, Container, ContainerSpec, Engine, ImageBuild, LogLine, RegistryAuth,
-    RuntimeError,
+    Archive, BuildExit, BuildSpec, Container, ContainerSpec, Engine, ImageBuild, LogLine,
+    RegistryAuth, RuntimeError,
 };
 
 /// The Docker Engine on this machine.
@@ -298,7 +298,7 @@ impl Engine for Docker {
         &self,
         spec: BuildSpec,
         output: mpsc::Sender<Vec<u8>>,
-    ) -> Result<(String, i64), RuntimeError> {
+    ) -> Result<BuildExit, RuntimeError> {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
@@ -306,6 +306,9 @@ impl Engine for Docker {
             labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
                 memory: Some(spec.memory_bytes),
+                // Swap counts against the limit: on a host with swap a build over it would
+                // otherwise crawl instead of stopping.
+                memory_swap: Some(spec.memory_bytes),
                 nano_cpus: Some(spec.nano_cpus),
                 init: Some(true),
                 ..Default::default()
@@ -360,25 +363,34 @@ impl Engine for Docker {
             }
         };
         if tokio::time::timeout(spec.timeout, relay).await.is_err() {
-            let _ = self.api.kill_container(&id, None).await;
+            let _ = self.remove(&id, Duration::ZERO).await;
             return Err(RuntimeError::Timeout(spec.timeout));
         }
         let mut wait = self.api.wait_container(&id, None::<WaitContainerOptions>);
-        let code = match wait.next().await {
+        let wait_code = match wait.next().await {
             Some(Ok(r)) => r.status_code,
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
             Some(Err(e)) => return Err(engine(e)),
-            None => self
-                .api
-                .inspect_container(&id, None)
-                .await
-                .map_err(engine)?
-                .state
-                .and_then(|s| s.exit_code)
-                .unwrap_or(-1),
+            // No answer: the exit code comes from the inspection below.
+            None => -1,
         };
-        Ok((id, code))
+        let state = self
+            .api
+            .inspect_container(&id, None)
+            .await
+            .map_err(engine)?
+            .state
+            .unwrap_or_default();
+        let code = match wait_code {
+            -1 => state.exit_code.unwrap_or(-1),
+            code => code,
+        };
+        Ok(BuildExit {
+            container: id,
+            code,
+            out_of_memory: state.oom_killed.unwrap_or(false),
+        })
     }
 
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<u8>, RuntimeError> {
@@ -488,35 +500,54 @@ impl Engine for Docker {
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<String, RuntimeError> {
         let (cpuperiod, cpuquota) = cpu_quota(build.nano_cpus);
+        let memory: i32 = build
+            .memory_bytes
+            .clamp(6 << 20, i64::from(i32::MAX))
+            .try_into()
+            .unwrap_or(i32::MAX);
         let options = BuildImageOptions {
             dockerfile: "Dockerfile".to_owned(),
             t: Some(build.tag.clone()),
             // The build API takes the memory limit as a 32-bit number here: at most 2 GiB.
-            memory: Some(
-                build
-                    .memory_bytes
-                    .clamp(6 << 20, i64::from(i32::MAX))
-                    .try_into()
-                    .unwrap_or(i32::MAX),
-            ),
+            memory: Some(memory),
+            // Swap counts against the limit, as for buildpack builds.
+            memswap: Some(memory),
             cpuperiod: Some(cpuperiod),
             cpuquota: Some(cpuquota),
             buildargs: Some(build.build_args),
             labels: Some(build.labels),
-            // Base images come from the engine's own store: nothing is pulled for a build.
+            // A base image the engine lacks is pulled (with the login below for Slipway's
+            // registry); one it has is used as it is.
             pull: None,
             rm: true,
             forcerm: true,
             ..Default::default()
         };
         let context = bollard::body_try_stream(archive_body(build.context).await?);
-        let mut stream = self.api.build_image(options, None, Some(context));
+        let auth = &build.pull_auth;
+        let login = DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: Some(auth.server.clone()),
+            ..Default::default()
+        };
+        let logins = HashMap::from([(auth.server.clone(), login)]);
+        let mut stream = self.api.build_image(options, Some(logins), Some(context));
         let mut image_id = None;
         let relay = async {
             while let Some(info) = stream.next().await {
                 let info = info.map_err(|e| match e {
                     bollard::errors::Error::DockerStreamError { error } => {
-                        RuntimeError::Build(error.trim_end().to_owned())
+                        let mut error = error.trim_end().to_owned();
+                        // 137 is SIGKILL, which is what the kernel sends a step over its
+                        // memory limit.
+                        if error.ends_with("returned a non-zero code: 137") {
+                            error.push_str(&format!(
+                                " (killed: out of memory? the limit is {} MiB)",
+                                memory >> 20
+                            ));
+                        }
+                        RuntimeError::Build(error)
                     }
                     e => engine(e),
                 })?;

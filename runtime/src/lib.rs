@@ -160,12 +160,24 @@ pub struct BuildSpec {
     /// (a later one overwrites what an earlier one wrote). Consecutive archives for the same
     /// directory reach the engine as one.
     pub uploads: Vec<(String, Archive)>,
-    /// Memory limit in bytes.
+    /// Memory limit in bytes (swap included: a build never swaps past it).
     pub memory_bytes: i64,
     /// CPU limit in billionths of a CPU.
     pub nano_cpus: i64,
     /// Killed after this long.
     pub timeout: Duration,
+}
+
+/// How a build container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildExit {
+    /// The container, kept for the caller to copy the build's output from.
+    pub container: String,
+    /// Its exit code.
+    pub code: i64,
+    /// Whether the kernel killed a process in it for going over the memory limit (the build
+    /// may have gone on and failed for that reason with another code).
+    pub out_of_memory: bool,
 }
 
 /// An image to build from a `Dockerfile` at the root of a build context.
@@ -185,6 +197,9 @@ pub struct ImageBuild {
     pub nano_cpus: i64,
     /// The build is cancelled after this long.
     pub timeout: Duration,
+    /// A login the engine may use to pull base images the Dockerfile names (`FROM`) that it
+    /// lacks: Slipway's own registry. Other registries are pulled from without one.
+    pub pull_auth: RegistryAuth,
 }
 
 impl std::fmt::Debug for ImageBuild {
@@ -218,13 +233,14 @@ pub trait Engine: Send + Sync + 'static {
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
 
     /// Runs a build container until it exits, sending its output to `output` as it comes, and
-    /// returns the container's id and exit code. The container is kept so that the caller can
-    /// [`download`](Engine::download) from it, then [`remove`](Engine::remove) it.
+    /// returns how it ended. The container is kept so that the caller can
+    /// [`download`](Engine::download) from it, then [`remove`](Engine::remove) it; one that
+    /// outlives the spec's timeout is killed and removed.
     async fn run_build(
         &self,
         spec: BuildSpec,
         output: mpsc::Sender<Vec<u8>>,
-    ) -> Result<(String, i64), RuntimeError>;
+    ) -> Result<BuildExit, RuntimeError>;
 
     /// The last `tail` lines a container wrote (stdout and stderr), each prefixed with its RFC 3339
     /// timestamp.
@@ -255,8 +271,9 @@ pub trait Engine: Send + Sync + 'static {
         dest: &std::path::Path,
     ) -> Result<(), RuntimeError>;
 
-    /// Builds an image from a Dockerfile with the engine's local base images (nothing is
-    /// pulled), sending the build's output to `output` as it comes, and returns the image's id.
+    /// Builds an image from a Dockerfile, pulling the base images the engine lacks (with
+    /// `pull_auth` for its registry), sending the build's output to `output` as it comes, and
+    /// returns the image's id.
     /// A failed step fails the build with the engine's error (the step's own output has already
     /// been sent); a build that outlives its timeout is cancelled.
     async fn build_image(

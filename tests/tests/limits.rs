@@ -1,0 +1,124 @@
+//! Build limits and base images: a build over its memory limit is stopped and the push rejected
+//! with why, while the running release keeps serving; bad limits stop the server at startup; a
+//! Dockerfile build pulls a base image the engine lacks from Slipway's own registry, with the
+//! server's login.
+
+use std::process::Command;
+use std::time::Duration;
+
+use slipway_tests::{Server, commit_all, git_repo, repo_root, run, slipway_bin, text};
+
+/// A buildpack, brought by the app, whose build holds 512 MiB.
+const HOG_BUILD: &str = "#!/bin/sh
+echo '-----> Hog: holding 512 MiB'
+python3 -c 'b = b\"x\" * (512 << 20); print(len(b))'
+";
+
+#[test]
+fn a_build_over_its_memory_limit_is_rejected_and_the_release_keeps_serving() {
+    let server = Server::start_with_env(&[("SLIPWAY_BUILD_MEMORY", "128M")]);
+    let (repo, key) = server.deploy_fixture("hungry", "python-app");
+    server.wait_for_body("hungry", "hello from hungry v1", Duration::from_secs(60));
+
+    // The app now builds with its own buildpack, which needs more than the limit.
+    let hog = repo.join("buildpacks/hog");
+    std::fs::create_dir_all(hog.join("bin")).unwrap();
+    std::fs::write(
+        hog.join("buildpack.toml"),
+        "api = \"0.10\"\n\n[buildpack]\nid = \"test/hog\"\nversion = \"1.0.0\"\nname = \"Hog\"\n",
+    )
+    .unwrap();
+    std::fs::write(hog.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(hog.join("bin/build"), HOG_BUILD).unwrap();
+    for script in ["detect", "build"] {
+        run(Command::new("chmod")
+            .arg("+x")
+            .arg(hog.join("bin").join(script)));
+    }
+    std::fs::write(
+        repo.join("project.toml"),
+        "[[io.buildpacks.group]]\nuri = \"buildpacks/hog\"\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("app.py.note"), "v2 never ships\n").unwrap();
+    commit_all(&repo, "a hungry build");
+    let push = server.git_push(&repo, &key, "hungry");
+    let out = text(&push);
+    assert!(!push.status.success(), "{out}");
+    // The step's own output, then why it stopped, in one line, and what it left alone.
+    assert!(out.contains("-----> Hog: holding 512 MiB"), "{out}");
+    assert!(
+        out.contains("the build ran out of memory (limit 128 MiB)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Push rejected; the running release is unchanged."),
+        "{out}"
+    );
+    let (code, body) = server.http_get("hungry");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from hungry v1"), "{body}");
+    let releases = server.cli_ok(&["releases", "-a", "hungry"]);
+    assert!(!releases.contains("v2"), "{releases}");
+}
+
+#[test]
+fn bad_build_limits_stop_the_server_at_startup() {
+    for (flag, value, says) in [
+        ("--build-memory", "lots", "use a size such as 512M"),
+        ("--build-memory", "4M", "a build needs at least 16M"),
+        ("--build-cpus", "-1", "use CPUs such as 1.5"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(Command::new(slipway_bin())
+            .args(["server", "--data"])
+            .arg(dir.path())
+            .arg(format!("{flag}={value}")));
+        assert!(!out.status.success(), "{flag} {value}: {}", text(&out));
+        assert!(text(&out).contains(says), "{flag} {value}: {}", text(&out));
+    }
+}
+
+#[test]
+fn dockerfile_build_pulls_a_base_image_it_lacks_from_slipways_registry() {
+    let server = Server::start();
+    server.push_stacks();
+    let key = server.keygen("pull-key");
+    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
+    server.cli_ok(&["apps:create", "pulled"]);
+    let app = git_repo(
+        server.dir.path(),
+        "pulled",
+        &repo_root().join("tests/fixtures/dockerfile-app"),
+    );
+    // The run image under this server's registry address: the engine has never seen it (the
+    // port is new), and the registry serves it only to a login.
+    let base = format!("127.0.0.1:{}/stacks/run:bookworm", server.registry);
+    let inspect =
+        || run(Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", &base]));
+    assert!(!inspect().status.success(), "{base} is already local");
+    let dockerfile = std::fs::read_to_string(app.join("Dockerfile")).unwrap();
+    let from = dockerfile
+        .lines()
+        .find(|l| l.starts_with("FROM "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        app.join("Dockerfile"),
+        dockerfile.replace(&from, &format!("FROM {base}")),
+    )
+    .unwrap();
+    commit_all(&app, "a base image from the registry");
+
+    let push = server.git_push(&app, &key, "pulled");
+    let out = text(&push);
+    assert!(push.status.success(), "{out}\n{}", server.log());
+    assert!(out.contains(&format!("FROM {base}")), "{out}");
+    server.wait_for_body(
+        "pulled",
+        "docker hello from pulled v1",
+        Duration::from_secs(60),
+    );
+    assert!(inspect().status.success(), "{base} was not pulled");
+    run(Command::new("docker").args(["rmi", "--force", &base]));
+}
