@@ -336,36 +336,13 @@ pub(crate) async fn export(
             BuildError::Export(format!("{what}: {e}"))
         }
     };
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        use_monolithic_push: true,
-        ..Default::default()
-    });
+    let client = own_client();
     let auth = RegistryAuth::Basic(target.username.clone(), target.token.clone());
     // The run image: a repository in Slipway's registry, or any image another registry serves
     // to anyone (its layers are then copied in).
     let external = crate::registry_host(run_image).is_some();
-    let run_ref: Reference = crate::in_registry(&target.registry, run_image)
-        .parse()
+    let (run_ref, source, source_auth) = image_source(target, run_image)
         .map_err(|e| BuildError::Export(format!("run image reference: {e}")))?;
-    let (source, source_auth) = if external {
-        let host = run_ref.resolve_registry().to_owned();
-        let loopback = ["127.0.0.1", "localhost", "[::1]"]
-            .iter()
-            .any(|l| host == *l || host.starts_with(&format!("{l}:")));
-        let protocol = if loopback {
-            ClientProtocol::HttpsExcept(vec![host])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            ..Default::default()
-        };
-        (Client::new(config), RegistryAuth::Anonymous)
-    } else {
-        (client.clone(), auth.clone())
-    };
     let app_ref: Reference = format!("{}/apps/{app}:{tag}", target.registry)
         .parse()
         .map_err(|e| BuildError::Export(format!("image reference: {e}")))?;
@@ -596,6 +573,57 @@ pub(crate) async fn export(
         reused: built.iter().filter(|l| l.file.is_none()).count(),
         launch_layers: records,
     })
+}
+
+/// A client for Slipway's own registry (plain HTTP on loopback).
+fn own_client() -> Client {
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        use_monolithic_push: true,
+        ..Default::default()
+    })
+}
+
+/// Where to read `image` from: Slipway's registry with the server's login, or the registry the
+/// reference names, without one (over HTTPS unless it is on loopback).
+fn image_source(
+    target: &Target,
+    image: &str,
+) -> Result<(Reference, Client, RegistryAuth), oci_client::ParseError> {
+    let reference: Reference = crate::in_registry(&target.registry, image).parse()?;
+    if crate::registry_host(image).is_none() {
+        let auth = RegistryAuth::Basic(target.username.clone(), target.token.clone());
+        return Ok((reference, own_client(), auth));
+    }
+    let host = reference.resolve_registry().to_owned();
+    let loopback = ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .any(|l| host == *l || host.starts_with(&format!("{l}:")));
+    let protocol = if loopback {
+        ClientProtocol::HttpsExcept(vec![host])
+    } else {
+        ClientProtocol::Https
+    };
+    let config = ClientConfig {
+        protocol,
+        ..Default::default()
+    };
+    Ok((reference, Client::new(config), RegistryAuth::Anonymous))
+}
+
+/// `image` pinned to what its registry serves now, `registry/repo@sha256:...`: the engine's
+/// copy of a tag may be older than the stack an admin pushed since.
+pub(crate) async fn pinned(target: &Target, image: &str) -> Result<String, String> {
+    let (reference, client, auth) = image_source(target, image).map_err(|e| e.to_string())?;
+    let digest = client
+        .fetch_manifest_digest(&reference, &auth)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}/{}@{digest}",
+        reference.resolve_registry(),
+        reference.repository()
+    ))
 }
 
 /// The `<layer>.toml` of launch layer `rel` under `layers_dir`, if it is small enough to keep.

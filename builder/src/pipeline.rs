@@ -115,12 +115,25 @@ async fn build(
         username: shared.config.registry_user.clone(),
         password: shared.config.registry_token.clone(),
     };
-    let build_image = crate::in_registry(&shared.config.registry_addr, &shared.config.build_image);
+    let hint = "push the stacks with stacks/push.sh";
+    let target = Target {
+        registry: shared.config.registry_addr.clone(),
+        username: shared.config.registry_user.clone(),
+        token: shared.config.registry_token.clone(),
+    };
+    let build_image = export::pinned(&target, &shared.config.build_image)
+        .await
+        .map_err(|e| {
+            BuildError::Build(format!(
+                "build image {}: {e}; {hint}",
+                shared.config.build_image
+            ))
+        })?;
     shared
         .engine
         .pull(&build_image, &registry)
         .await
-        .map_err(|e| BuildError::Build(format!("{e}; push the stacks with stacks/push.sh")))?;
+        .map_err(|e| BuildError::Build(format!("{e}; {hint}")))?;
     let previous = cache::previous_launch_layers(&layers_file, &build_image);
     let launch_metadata =
         cache::launch_metadata(&previous).map_err(|e| BuildError::Build(e.to_string()))?;
@@ -202,11 +215,6 @@ async fn build(
                 .await
                 .map_err(|e| BuildError::Export(e.to_string()))??;
         }
-        let target = Target {
-            registry: shared.config.registry_addr.clone(),
-            username: shared.config.registry_user.clone(),
-            token: shared.config.registry_token.clone(),
-        };
         let exported = export::export(
             &scratch.path().join("root"),
             scratch.path(),

@@ -1,6 +1,7 @@
 //! The stack and the build limits are settings: a run image from another registry (here Debian's
-//! docker-registry on loopback, serving without a login), and a build timeout that stops a
-//! hanging buildpack with a clear rejection.
+//! docker-registry on loopback, serving without a login), a build timeout that stops a hanging
+//! buildpack with a clear rejection, and a build image pushed again under its tag is what the
+//! next build runs on.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,4 +105,82 @@ fn run_image_from_another_registry_and_build_timeout() {
     assert!(out.contains("Hanging on purpose"), "{out}");
     assert!(out.contains("timed out"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(120), "{out}");
+}
+
+/// A buildpack, brought by the app, that prints the build image's stack marker.
+const MARKER_BUILD: &str = "#!/bin/sh
+echo \"-----> Stack marker: $(cat /etc/slipway-stack-marker 2>/dev/null || echo none)\"
+";
+
+#[test]
+fn a_build_image_pushed_again_is_what_the_next_build_runs_on() {
+    let server = Server::start();
+    server.push_stacks();
+    let key = server.keygen("marker-key");
+    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
+    server.cli_ok(&["apps:create", "marker"]);
+    let app = git_repo(
+        server.dir.path(),
+        "marker",
+        &repo_root().join("tests/fixtures/procfile-app"),
+    );
+    let bp = app.join("buildpacks/marker");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    std::fs::write(
+        bp.join("buildpack.toml"),
+        "api = \"0.10\"\n\n[buildpack]\nid = \"test/marker\"\nversion = \"1.0.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(bp.join("bin/build"), MARKER_BUILD).unwrap();
+    run(Command::new("chmod")
+        .arg("+x")
+        .arg(bp.join("bin/detect"))
+        .arg(bp.join("bin/build")));
+    std::fs::write(
+        app.join("project.toml"),
+        "[[io.buildpacks.group]]\nuri = \"buildpacks/marker\"\n\n[[io.buildpacks.group]]\nid = \"slipway/procfile\"\n",
+    )
+    .unwrap();
+    slipway_tests::commit_all(&app, "a marker buildpack");
+    let push = server.git_push(&app, &key, "marker");
+    let out = text(&push);
+    assert!(push.status.success(), "{out}\n{}", server.log());
+    assert!(out.contains("-----> Stack marker: none"), "{out}");
+
+    // The admin pushes a new build image under the same tag: the next build runs on it, not
+    // on the engine's copy of the old one.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM slipway/stack-build:bookworm\nUSER root\nRUN echo v2 > /etc/slipway-stack-marker\nUSER 1000:1000\n",
+    )
+    .unwrap();
+    let local = format!("slipway-e2e-build-v2:{}", server.registry);
+    let built = run(Command::new("docker")
+        .args(["build", "-q", "-t", &local])
+        .arg(dir.path()));
+    assert!(built.status.success(), "{}", text(&built));
+    let copied = run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--format",
+        "oci",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("admin:{}", server.token),
+        &format!("docker-daemon:{local}"),
+        &format!(
+            "docker://127.0.0.1:{}/stacks/build:bookworm",
+            server.registry
+        ),
+    ]));
+    run(Command::new("docker").args(["rmi", "--force", &local]));
+    assert!(copied.status.success(), "{}", text(&copied));
+    std::fs::write(app.join("CHANGES"), "again\n").unwrap();
+    slipway_tests::commit_all(&app, "again");
+    let push = server.git_push(&app, &key, "marker");
+    let out = text(&push);
+    assert!(push.status.success(), "{out}\n{}", server.log());
+    assert!(out.contains("-----> Stack marker: v2"), "{out}");
 }
