@@ -369,10 +369,10 @@ impl Server {
             ]))
     }
 
-    /// The usual start of a test: pushes the stacks, adds a key named after `app`, creates `app`
-    /// and pushes `tests/fixtures/<fixture>` to it, then waits until v1 serves. Returns the
-    /// app's repository and the key's private half.
-    pub fn deploy_fixture(&self, app: &str, fixture: &str) -> (PathBuf, PathBuf) {
+    /// Everything before a first push of fixture `fixture` as app `app`: the stacks pushed, an
+    /// SSH key of the app's name added, the app created, and a git repository of the fixture.
+    /// Returns (repository, private key).
+    pub fn fixture_app(&self, app: &str, fixture: &str) -> (PathBuf, PathBuf) {
         self.push_stacks();
         let key = self.keygen(&format!("{app}-key"));
         self.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
@@ -382,6 +382,14 @@ impl Server {
             app,
             &repo_root().join("tests/fixtures").join(fixture),
         );
+        (repo, key)
+    }
+
+    /// The usual start of a test: pushes the stacks, adds a key named after `app`, creates `app`
+    /// and pushes `tests/fixtures/<fixture>` to it, then waits until v1 serves. Returns the
+    /// app's repository and the key's private half.
+    pub fn deploy_fixture(&self, app: &str, fixture: &str) -> (PathBuf, PathBuf) {
+        let (repo, key) = self.fixture_app(app, fixture);
         let push = self.git_push(&repo, &key, app);
         assert!(push.status.success(), "{}\n{}", text(&push), self.log());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -493,6 +501,32 @@ pub fn git_repo(dir: &Path, name: &str, from: &Path) -> PathBuf {
     git(&repo, &["init", "-q", "-b", "main"]);
     commit_all(&repo, "initial");
     repo
+}
+
+/// Gives the app in `repo` a buildpack of its own, `buildpacks/<name>`, written to the CNB spec:
+/// it always detects and runs `build` (a shell script) as `bin/build`; `project.toml` makes the
+/// group that buildpack, then the shipped buildpacks named in `then` (ids), in order.
+pub fn add_app_buildpack(repo: &Path, name: &str, build: &str, then: &[&str]) {
+    let bp = repo.join("buildpacks").join(name);
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    std::fs::write(
+        bp.join("buildpack.toml"),
+        format!("api = \"0.10\"\n\n[buildpack]\nid = \"test/{name}\"\nversion = \"1.0.0\"\n"),
+    )
+    .unwrap();
+    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(bp.join("bin/build"), build).unwrap();
+    for script in ["detect", "build"] {
+        let path = bp.join("bin").join(script);
+        let mut mode = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+        std::fs::set_permissions(&path, mode).unwrap();
+    }
+    let mut project = format!("[[io.buildpacks.group]]\nuri = \"buildpacks/{name}\"\n");
+    for id in then {
+        project.push_str(&format!("\n[[io.buildpacks.group]]\nid = \"{id}\"\n"));
+    }
+    std::fs::write(repo.join("project.toml"), project).unwrap();
 }
 
 /// Commits every change in `repo`.

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use slipway_tests::{Server, commit_all, git_repo, repo_root, run, slipway_bin, text};
+use slipway_tests::{Server, add_app_buildpack, commit_all, run, slipway_bin, text};
 
 /// A buildpack, brought by the app, whose build holds 512 MiB.
 const HOG_BUILD: &str = "#!/bin/sh
@@ -21,25 +21,7 @@ fn a_build_over_its_memory_limit_is_rejected_and_the_release_keeps_serving() {
     server.wait_for_body("hungry", "hello from hungry v1", Duration::from_secs(60));
 
     // The app now builds with its own buildpack, which needs more than the limit.
-    let hog = repo.join("buildpacks/hog");
-    std::fs::create_dir_all(hog.join("bin")).unwrap();
-    std::fs::write(
-        hog.join("buildpack.toml"),
-        "api = \"0.10\"\n\n[buildpack]\nid = \"test/hog\"\nversion = \"1.0.0\"\nname = \"Hog\"\n",
-    )
-    .unwrap();
-    std::fs::write(hog.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::write(hog.join("bin/build"), HOG_BUILD).unwrap();
-    for script in ["detect", "build"] {
-        run(Command::new("chmod")
-            .arg("+x")
-            .arg(hog.join("bin").join(script)));
-    }
-    std::fs::write(
-        repo.join("project.toml"),
-        "[[io.buildpacks.group]]\nuri = \"buildpacks/hog\"\n",
-    )
-    .unwrap();
+    add_app_buildpack(&repo, "hog", HOG_BUILD, &[]);
     std::fs::write(repo.join("app.py.note"), "v2 never ships\n").unwrap();
     commit_all(&repo, "a hungry build");
     let push = server.git_push(&repo, &key, "hungry");
@@ -82,15 +64,7 @@ fn bad_build_limits_stop_the_server_at_startup() {
 #[test]
 fn dockerfile_build_pulls_a_base_image_it_lacks_from_slipways_registry() {
     let server = Server::start();
-    server.push_stacks();
-    let key = server.keygen("pull-key");
-    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
-    server.cli_ok(&["apps:create", "pulled"]);
-    let app = git_repo(
-        server.dir.path(),
-        "pulled",
-        &repo_root().join("tests/fixtures/dockerfile-app"),
-    );
+    let (app, key) = server.fixture_app("pulled", "dockerfile-app");
     // The run image under this server's registry address: the engine has never seen it (the
     // port is new), and the registry serves it only to a login.
     let base = format!("127.0.0.1:{}/stacks/run:bookworm", server.registry);

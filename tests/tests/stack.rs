@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Server, free_port, git_repo, repo_root, run, text};
+use slipway_tests::{Server, add_app_buildpack, free_port, git_repo, repo_root, run, text};
 
 /// Debian's docker-registry on a free loopback port; stopped on drop.
 struct OtherRegistry {
@@ -115,33 +115,8 @@ echo \"-----> Stack marker: $(cat /etc/slipway-stack-marker 2>/dev/null || echo 
 #[test]
 fn a_build_image_pushed_again_is_what_the_next_build_runs_on() {
     let server = Server::start();
-    server.push_stacks();
-    let key = server.keygen("marker-key");
-    server.cli_ok(&["keys:add", key.with_extension("pub").to_str().unwrap()]);
-    server.cli_ok(&["apps:create", "marker"]);
-    let app = git_repo(
-        server.dir.path(),
-        "marker",
-        &repo_root().join("tests/fixtures/procfile-app"),
-    );
-    let bp = app.join("buildpacks/marker");
-    std::fs::create_dir_all(bp.join("bin")).unwrap();
-    std::fs::write(
-        bp.join("buildpack.toml"),
-        "api = \"0.10\"\n\n[buildpack]\nid = \"test/marker\"\nversion = \"1.0.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::write(bp.join("bin/build"), MARKER_BUILD).unwrap();
-    run(Command::new("chmod")
-        .arg("+x")
-        .arg(bp.join("bin/detect"))
-        .arg(bp.join("bin/build")));
-    std::fs::write(
-        app.join("project.toml"),
-        "[[io.buildpacks.group]]\nuri = \"buildpacks/marker\"\n\n[[io.buildpacks.group]]\nid = \"slipway/procfile\"\n",
-    )
-    .unwrap();
+    let (app, key) = server.fixture_app("marker", "procfile-app");
+    add_app_buildpack(&app, "marker", MARKER_BUILD, &["slipway/procfile"]);
     slipway_tests::commit_all(&app, "a marker buildpack");
     let push = server.git_push(&app, &key, "marker");
     let out = text(&push);
