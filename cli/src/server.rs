@@ -10,7 +10,7 @@ use slipway_controller::{Controller, ControllerConfig};
 use slipway_core::routes::Routes;
 use slipway_core::tls::Certs;
 use slipway_registry::{Registry, RegistryConfig};
-use slipway_router::{RouterConfig, TlsConfig};
+use slipway_router::{RouterConfig, Sockets, TlsConfig};
 use slipway_runtime::docker::Docker;
 use tokio::net::TcpListener;
 
@@ -58,6 +58,51 @@ fn local(addr: SocketAddr) -> String {
     }
 }
 
+/// How long the router's start waits for the reconciler's first pass over the apps.
+const FIRST_PASS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The router's sockets when a service manager passed them in (systemd's socket activation:
+/// `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`): named `http` and `https`, or else told apart
+/// by the address they are bound to. Kept open by the service manager across restarts, they
+/// make a restart of the server refuse no connection.
+fn passed_sockets(http: SocketAddr, https: SocketAddr) -> Result<Sockets> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut sockets = Sockets::default();
+    for i in 0..passed.len() {
+        let fd = i + 3;
+        let listener = passed
+            .take_tcp_listener(i)
+            .with_context(|| format!("the socket passed as fd {fd} is not a TCP listener"))?
+            .with_context(|| format!("the socket passed as fd {fd} is gone"))?;
+        // A duplicate closes on exec, so git and the build never inherit the listener.
+        let listener = listener
+            .try_clone()
+            .with_context(|| format!("taking the socket passed as fd {fd}"))?;
+        let addr = listener.local_addr()?;
+        let slot = match names.get(i).map(String::as_str) {
+            Some("http") => &mut sockets.http,
+            Some("https") => &mut sockets.https,
+            _ if addr == http => &mut sockets.http,
+            _ if addr == https => &mut sockets.https,
+            _ => bail!(
+                "the socket passed as fd {fd} ({addr}) is neither named http or https nor bound \
+                 to {http} ({}) or {https} ({})",
+                crate::env::HTTP_ADDR,
+                crate::env::HTTPS_ADDR
+            ),
+        };
+        if slot.is_some() {
+            bail!("two sockets passed for the same listener (fd {fd}, {addr})");
+        }
+        tracing::info!(fd, %addr, "router: using a socket the service manager passed");
+        *slot = Some(listener);
+    }
+    Ok(sockets)
+}
+
 pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     if let Some(url) = &args.database_url
         && slipway_controller::db::Backend::of_url(url).is_none()
@@ -77,6 +122,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("data directory {}", args.data.display()))?;
     let instance = instance_id(&data)?;
+    let sockets = passed_sockets(args.http_addr, args.https_addr)?;
     let engine = Arc::new(Docker::connect().await?);
     let routes = Routes::default();
     let certs = Certs::default();
@@ -156,7 +202,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("starting the SSH server (set {})", crate::env::SSH_ADDR))?;
 
-    let router = slipway_router::start_with_tls(
+    // Requests wait (in the listen queue) until the instances that outlived a restart of the
+    // server are back in the route table, rather than meet an empty one.
+    if tokio::time::timeout(FIRST_PASS_WAIT, controller.first_pass())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the first pass over the apps took over {}s; routing what is ready",
+            FIRST_PASS_WAIT.as_secs()
+        );
+    }
+    let router = slipway_router::start_with_sockets(
         RouterConfig {
             listen: args.http_addr,
             threads: 2,
@@ -167,6 +224,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             listen: args.https_addr,
             certs,
         },
+        sockets,
     )
     .with_context(|| {
         format!(

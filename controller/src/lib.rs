@@ -275,6 +275,12 @@ impl Controller {
         self.reconciler.send(event);
     }
 
+    /// Returns once the reconciler's first pass over every app has ended, so that the route
+    /// table holds the instances that survived a restart of the server.
+    pub async fn first_pass(&self) {
+        self.reconciler.first_pass().await;
+    }
+
     /// What `user` may do with `app`: the owner, its collaborators and admin may do everything.
     pub async fn access(
         &self,

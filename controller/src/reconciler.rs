@@ -142,12 +142,22 @@ pub struct Reconciler {
 
 /// Where the reconciler takes events.
 #[derive(Clone)]
-pub struct ReconcilerHandle(mpsc::UnboundedSender<Event>);
+pub struct ReconcilerHandle {
+    events: mpsc::UnboundedSender<Event>,
+    first_pass: tokio::sync::watch::Receiver<bool>,
+}
 
 impl ReconcilerHandle {
     /// Queues an event; a no-op once the server is shutting down.
     pub fn send(&self, event: Event) {
-        let _ = self.0.send(event);
+        let _ = self.events.send(event);
+    }
+
+    /// Returns once the first pass over every app has ended: instances that survived a restart
+    /// of the server are adopted and, when ready, in the route table.
+    pub async fn first_pass(&self) {
+        let mut done = self.first_pass.clone();
+        let _ = done.wait_for(|d| *d).await;
     }
 }
 
@@ -262,7 +272,11 @@ impl Reconciler {
             locks: Mutex::default(),
             again: tx.clone(),
         });
-        let handle = ReconcilerHandle(tx.clone());
+        let (first_pass_tx, first_pass) = tokio::sync::watch::channel(false);
+        let handle = ReconcilerHandle {
+            events: tx.clone(),
+            first_pass,
+        };
         tokio::spawn(watch_exits(
             this.engine.clone(),
             this.config.instance_id.clone(),
@@ -271,18 +285,29 @@ impl Reconciler {
         tokio::spawn(async move {
             this.publish_certs().await;
             let mut tick = tokio::time::interval(this.config.tick);
+            let mut first_pass = Some(first_pass_tx);
             loop {
                 let event = tokio::select! {
                     e = rx.recv() => match e { Some(e) => e, None => return },
                     _ = tick.tick() => Event::Tick,
                 };
-                this.clone().handle(event).await;
+                let tick = matches!(event, Event::Tick);
+                let passes = this.clone().handle(event).await;
+                if tick && let Some(done) = first_pass.take() {
+                    tokio::spawn(async move {
+                        for pass in passes {
+                            let _ = pass.await;
+                        }
+                        let _ = done.send(true);
+                    });
+                }
             }
         });
         handle
     }
 
-    async fn handle(self: Arc<Self>, event: Event) {
+    /// Starts a pass over each app the event concerns; returns the passes.
+    async fn handle(self: Arc<Self>, event: Event) -> Vec<tokio::task::JoinHandle<()>> {
         let apps = match event {
             Event::Released(app)
             | Event::Scaled(app)
@@ -312,13 +337,14 @@ impl Reconciler {
                 Ok(apps) => apps,
                 Err(e) => {
                     warn!("reconcile: listing apps: {e}");
-                    return;
+                    return Vec::new();
                 }
             },
         };
+        let mut passes = Vec::with_capacity(apps.len());
         for app in apps {
             let this = self.clone();
-            tokio::spawn(async move {
+            passes.push(tokio::spawn(async move {
                 let lock = this.lock_for(&app);
                 let Ok(_guard) = lock.try_lock() else {
                     // A pass over this app is running; a release queues behind it instead.
@@ -326,8 +352,9 @@ impl Reconciler {
                     return this.reconcile(&app).await;
                 };
                 this.reconcile(&app).await
-            });
+            }));
         }
+        passes
     }
 
     fn lock_for(&self, app: &AppName) -> Arc<tokio::sync::Mutex<()>> {

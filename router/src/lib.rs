@@ -137,7 +137,19 @@ pub enum RouterError {
 /// calling this from async code is fine, as it only binds a socket and spawns a thread.
 /// Connections that arrive before the proxy's first `accept` wait in the socket's backlog.
 pub fn start(config: RouterConfig, routes: Routes) -> Result<RouterHandle, RouterError> {
-    server::start(config, routes, None)
+    server::start(config, routes, None, Sockets::default())
+}
+
+/// Listen sockets the router takes as they are instead of binding its addresses: the ones a
+/// service manager opened and passed in (systemd's socket activation). A socket that outlives
+/// the process is what makes a restart graceful: connections that arrive while the server
+/// restarts wait in its queue for the next process instead of being refused.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    /// For plain HTTP, instead of binding [`RouterConfig::listen`].
+    pub http: Option<std::net::TcpListener>,
+    /// For HTTPS, instead of binding [`TlsConfig::listen`].
+    pub https: Option<std::net::TcpListener>,
 }
 
 /// Like [`start`], and also accepts HTTPS as `tls` says: HTTP/2 or HTTP/1.1 by ALPN, a
@@ -147,5 +159,15 @@ pub fn start_with_tls(
     routes: Routes,
     tls: TlsConfig,
 ) -> Result<RouterHandle, RouterError> {
-    server::start(config, routes, Some(tls))
+    server::start(config, routes, Some(tls), Sockets::default())
+}
+
+/// Like [`start_with_tls`], on the sockets in `sockets` where there are some.
+pub fn start_with_sockets(
+    config: RouterConfig,
+    routes: Routes,
+    tls: TlsConfig,
+    sockets: Sockets,
+) -> Result<RouterHandle, RouterError> {
+    server::start(config, routes, Some(tls), sockets)
 }

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 use crate::proxy::Router;
 use crate::tls::TlsListener;
-use crate::{RouterConfig, RouterError, RouterLimits, TlsConfig};
+use crate::{RouterConfig, RouterError, RouterLimits, Sockets, TlsConfig};
 
 /// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
 const STOP_GRACE_SECONDS: u64 = 2;
@@ -91,13 +91,14 @@ pub(crate) fn start(
     config: RouterConfig,
     routes: Routes,
     tls: Option<TlsConfig>,
+    sockets: Sockets,
 ) -> Result<RouterHandle, RouterError> {
     config.validate()?;
-    let http = bind(config.listen)?;
+    let http = listen(config.listen, sockets.http)?;
     let tls = match tls {
         Some(tls) => {
             let settings = crate::tls::settings(tls.certs.clone()).map_err(RouterError::Tls)?;
-            let (listener, addr) = bind(tls.listen)?;
+            let (listener, addr) = listen(tls.listen, sockets.https)?;
             Some(TlsEndpoint {
                 listener,
                 addr,
@@ -126,12 +127,19 @@ pub(crate) fn start(
     })
 }
 
-/// Binds a listen socket for pingora to adopt; returns it with its actual address.
-fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RouterError> {
+/// A listen socket for pingora to adopt, `inherited` or bound to `addr`; returns it with its
+/// actual address.
+fn listen(
+    addr: SocketAddr,
+    inherited: Option<TcpListener>,
+) -> Result<(TcpListener, SocketAddr), RouterError> {
     let bind_error = |source| RouterError::Bind { addr, source };
     // Rust's std sets SO_REUSEADDR on listeners, as pingora does when it binds by itself, so a
     // restarted server can take the port back while old connections sit in TIME_WAIT.
-    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => TcpListener::bind(addr).map_err(bind_error)?,
+    };
     let local_addr = listener.local_addr().map_err(bind_error)?;
     // Pingora registers the adopted socket with tokio, which needs it non-blocking.
     listener.set_nonblocking(true).map_err(bind_error)?;

@@ -88,6 +88,9 @@ pub struct Server {
     database: Option<Postgres>,
     /// Extra environment for `slipway server` (settings a test needs), kept across restarts.
     env: Vec<(String, String)>,
+    /// Whether the router's socket is passed in by `tests/support/hold_socket.py`, which then
+    /// is `child` and restarts the server on a line on its stdin.
+    passed_socket: bool,
     child: Option<Child>,
 }
 
@@ -159,6 +162,16 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for `slipway server`.
     pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        Server::start_inner(env, false)
+    }
+
+    /// Like [`Server::start`], with the router's socket bound once by a stand-in for systemd's
+    /// socket activation and passed in; [`Server::graceful_restart`] restarts the server on it.
+    pub fn start_with_passed_socket() -> Server {
+        Server::start_inner(&[], true)
+    }
+
+    fn start_inner(env: &[(&str, &str)], passed_socket: bool) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("slipway-e2e-")
             .tempdir()
@@ -176,6 +189,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            passed_socket,
             child: None,
         };
         // A free port can be taken by someone else before the server binds it (an outgoing
@@ -209,7 +223,18 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let mut cmd = Command::new(slipway_bin());
+        let mut cmd = if self.passed_socket {
+            let mut holder = Command::new("python3");
+            holder
+                .arg(repo_root().join("tests/support/hold_socket.py"))
+                .arg(format!("127.0.0.1:{}", self.http))
+                .arg("--")
+                .arg(slipway_bin())
+                .stdin(Stdio::piped());
+            holder
+        } else {
+            Command::new(slipway_bin())
+        };
         cmd.arg("server").arg("--data").arg(self.data());
         if let Some(db) = &self.database {
             cmd.arg("--database-url").arg(db.url());
@@ -267,6 +292,31 @@ impl Server {
             let _ = child.wait();
         }
         self.spawn();
+    }
+
+    /// Restarts a server started with [`Server::start_with_passed_socket`] the way
+    /// `systemctl restart` does: SIGTERM, wait, start again on the same socket. Returns once the
+    /// new server's router has started.
+    pub fn graceful_restart(&mut self) {
+        assert!(
+            self.passed_socket,
+            "only a server with a passed socket restarts gracefully"
+        );
+        let started = |log: &str| log.matches(" is running").count();
+        let before = started(&self.log());
+        let child = self.child.as_mut().expect("the server is running");
+        let stdin = child.stdin.as_mut().expect("the socket holder's stdin");
+        std::io::Write::write_all(stdin, b"restart\n").unwrap();
+        std::io::Write::flush(stdin).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while started(&self.log()) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start again:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The data directory.
