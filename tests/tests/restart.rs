@@ -66,7 +66,10 @@ fn a_restart_under_load_fails_no_request() {
         failures.extend(f);
         slowest = slowest.max(s);
     }
-    eprintln!("{ok} requests, slowest {slowest:?}, restart {gap:?}");
+    eprintln!(
+        "{ok} requests, slowest {slowest:?}, restart {gap:?}, failures {:?}",
+        &failures[..failures.len().min(10)]
+    );
     assert!(
         failures.is_empty(),
         "{} of {} requests failed across the restart ({gap:?}): {:?}\n{}",
@@ -83,5 +86,5 @@ fn a_restart_under_load_fails_no_request() {
     );
     // The new server is a working one: it deploys.
     server.cli_ok(&["config:set", "-a", "steady", "GREETING=again"]);
-    server.wait_for_body("steady", "again from steady v2", Duration::from_secs(60));
+    server.wait_for_body("steady", "again from steady v2", Duration::from_secs(120));
 }
