@@ -791,14 +791,24 @@ pub(crate) async fn maintenance(api: &Api, app: &str, on: bool) -> Result<()> {
 pub(crate) async fn certs(api: &Api, app: &str) -> Result<()> {
     let list = api.get(&format!("/v1/apps/{app}/certs")).await?;
     api.show(&list, |list| {
-        table(&["NAMES", "EXPIRES (UTC)", "FINGERPRINT"], list, |c| {
-            let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(s).collect();
-            vec![
-                names.join(","),
-                utc(c["not_after"].as_i64().unwrap_or(0)),
-                s(&c["fingerprint"]),
-            ]
-        })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        table(
+            &["NAMES", "EXPIRES (UTC)", "LEFT", "FINGERPRINT"],
+            list,
+            |c| {
+                let names: Vec<String> =
+                    c["names"].as_array().into_iter().flatten().map(s).collect();
+                let not_after = c["not_after"].as_i64().unwrap_or(0);
+                vec![
+                    names.join(","),
+                    utc(not_after),
+                    time_left(not_after, now),
+                    s(&c["fingerprint"]),
+                ]
+            },
+        )
     })
 }
 
@@ -902,6 +912,19 @@ pub(crate) async fn registry_gc(api: &Api, dry_run: bool) -> Result<()> {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC.
+/// How long a certificate has left, flagged when it is time to renew it (under two weeks, as
+/// ACME clients renew well before).
+fn time_left(not_after: i64, now: i64) -> String {
+    let left = not_after - now;
+    let days = left / 86_400;
+    match left {
+        ..=0 => "expired".to_owned(),
+        _ if days >= 14 => format!("{days}d"),
+        _ if days >= 1 => format!("{days}d, renew soon"),
+        _ => format!("{}h, renew soon", (left / 3_600).max(1)),
+    }
+}
+
 fn utc(secs: i64) -> String {
     // Howard Hinnant's days-to-civil algorithm.
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -924,7 +947,7 @@ fn utc(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cpu, parse_memory, utc};
+    use super::{parse_cpu, parse_memory, time_left, utc};
 
     #[test]
     fn limits_parse() {
@@ -939,6 +962,18 @@ mod tests {
         assert_eq!(parse_cpu("500m").unwrap(), 500_000_000);
         assert!(parse_cpu("0").is_err());
         assert!(parse_cpu("fast").is_err());
+    }
+
+    #[test]
+    fn certificate_time_left() {
+        let day = 86_400;
+        assert_eq!(time_left(1_000, 2_000), "expired");
+        assert_eq!(time_left(2_000, 2_000), "expired");
+        assert_eq!(time_left(90 * day + 5, 0), "90d");
+        assert_eq!(time_left(14 * day, 0), "14d");
+        assert_eq!(time_left(13 * day + 100, 0), "13d, renew soon");
+        assert_eq!(time_left(5 * 3_600 + 10, 0), "5h, renew soon");
+        assert_eq!(time_left(30, 0), "1h, renew soon");
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct Reconciler {
     again: mpsc::UnboundedSender<Event>,
 }
 
+/// A certificate with fewer days left than this is reported in the server's log.
+const CERT_RENEW_DAYS: i64 = 14;
+
 /// Where the reconciler takes events.
 #[derive(Clone)]
 pub struct ReconcilerHandle {
@@ -604,7 +607,26 @@ impl Reconciler {
         match self.db.tls_certs().await {
             Ok(certs) => {
                 let mut table = CertTable::default();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
                 for cert in certs {
+                    // Said at every start and certificate change, where an operator looks.
+                    let days = (cert.not_after - now).div_euclid(86_400);
+                    if days < CERT_RENEW_DAYS {
+                        let when = match days {
+                            ..0 => "has expired".to_owned(),
+                            0 => "expires within a day".to_owned(),
+                            1 => "expires in a day".to_owned(),
+                            d => format!("expires in {d} days"),
+                        };
+                        warn!(
+                            code = "cert_expiring",
+                            fingerprint = %cert.fingerprint,
+                            "tls: the certificate for {} {when}; add a renewed one with certs:add",
+                            cert.names.join(",")
+                        );
+                    }
                     table.insert(cert);
                 }
                 info!(certs = table.len(), "route: certificates published");

@@ -59,9 +59,15 @@ fn certificates(server: &Server, ca: &TestCa) {
         server.cli_ok(&["certs:add", "-a", APP, path(cert), path(key)]);
     }
     let listed = server.cli_ok(&["certs", "-a", APP]);
-    for name in [A, B, "*.wild.test", "SHA256:"] {
+    // The test certificates last a day: time to renew them, the listing and the log say.
+    for name in [A, B, "*.wild.test", "SHA256:", "renew soon"] {
         assert!(listed.contains(name), "{name} not in:\n{listed}");
     }
+    wait_for("the expiry warning in the server's log", || {
+        server
+            .log()
+            .contains(&format!("the certificate for {A} expires"))
+    });
 
     // Each name verifies against the test CA only if its own certificate is presented.
     for host in [A, B, WILD] {
