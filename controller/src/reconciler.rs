@@ -140,6 +140,14 @@ pub struct Reconciler {
     again: mpsc::UnboundedSender<Event>,
 }
 
+/// "exited with status N", as events say how an instance ended.
+fn how_it_ended(exit_code: Option<i64>) -> String {
+    match exit_code {
+        Some(code) => format!("exited with status {code}"),
+        None => "exited".to_owned(),
+    }
+}
+
 /// A certificate with fewer days left than this is reported in the server's log.
 const CERT_RENEW_DAYS: i64 = 14;
 
@@ -453,10 +461,7 @@ impl Reconciler {
             }
             let of_target = c.labels.get(LABEL_RELEASE) == Some(&label);
             if !c.running && of_target {
-                let how = match c.exit_code {
-                    Some(code) => format!("exited with status {code}"),
-                    None => "exited".to_owned(),
-                };
+                let how = how_it_ended(c.exit_code);
                 self.crashed(app, &label, &process, &format!("instance {} {how}", c.name))
                     .await;
             }
@@ -485,7 +490,15 @@ impl Reconciler {
                 for c in have {
                     match backend_addr(&c) {
                         Some(addr) if accepts(addr).await => ready.push(c),
-                        _ => stale.push(c),
+                        _ => {
+                            // Killed between the listing and the check: the crash it is gets
+                            // recorded, or the next pass, finding it removed, never would.
+                            if let Some(how) = self.exited(app, &c.id).await {
+                                let what = format!("instance {} {how}", c.name);
+                                self.crashed(app, &label, process, &what).await;
+                            }
+                            stale.push(c)
+                        }
                     }
                 }
                 have = ready;
@@ -806,6 +819,17 @@ impl Reconciler {
             warn!("events: recording {kind}: {e}");
         }
         self.logs.append(app, "slipway", None, detail);
+    }
+
+    /// How container `id` of `app` ended ("exited with status 137"), if it has.
+    async fn exited(&self, app: &AppName, id: &str) -> Option<String> {
+        let labels = [
+            (LABEL_INSTANCE, self.config.instance_id.as_str()),
+            (LABEL_APP, app.as_str()),
+        ];
+        let containers = self.engine.list(&labels).await.ok()?;
+        let c = containers.into_iter().find(|c| c.id == id && !c.running)?;
+        Some(how_it_ended(c.exit_code))
     }
 
     async fn retire(&self, containers: Vec<Container>) {
