@@ -71,11 +71,9 @@ pub(crate) async fn build(
         memory_bytes: shared.config.build_memory_bytes,
         nano_cpus: shared.config.build_nano_cpus,
         timeout: shared.config.build_timeout,
-        pull_auth: RegistryAuth {
-            server: shared.config.registry_addr.clone(),
-            username: shared.config.registry_user.clone(),
-            password: shared.config.registry_token.clone(),
-        },
+        // No login: the server's is admin's, and with it a pusher's `FROM` could read any
+        // app's image in Slipway's registry. Base images that need no login are pulled.
+        pull_auth: None,
     };
     let engine = shared.engine.clone();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);

@@ -516,23 +516,24 @@ impl Engine for Docker {
             cpuquota: Some(cpuquota),
             buildargs: Some(build.build_args),
             labels: Some(build.labels),
-            // A base image the engine lacks is pulled (with the login below for Slipway's
-            // registry); one it has is used as it is.
+            // A base image the engine lacks is pulled (with `pull_auth`, if any); one it has is
+            // used as it is.
             pull: None,
             rm: true,
             forcerm: true,
             ..Default::default()
         };
         let context = bollard::body_try_stream(archive_body(build.context).await?);
-        let auth = &build.pull_auth;
-        let login = DockerCredentials {
-            username: Some(auth.username.clone()),
-            password: Some(auth.password.clone()),
-            serveraddress: Some(auth.server.clone()),
-            ..Default::default()
-        };
-        let logins = HashMap::from([(auth.server.clone(), login)]);
-        let mut stream = self.api.build_image(options, Some(logins), Some(context));
+        let logins = build.pull_auth.as_ref().map(|auth| {
+            let login = DockerCredentials {
+                username: Some(auth.username.clone()),
+                password: Some(auth.password.clone()),
+                serveraddress: Some(auth.server.clone()),
+                ..Default::default()
+            };
+            HashMap::from([(auth.server.clone(), login)])
+        });
+        let mut stream = self.api.build_image(options, logins, Some(context));
         let mut image_id = None;
         let relay = async {
             while let Some(info) = stream.next().await {

@@ -198,8 +198,8 @@ pub struct ImageBuild {
     /// The build is cancelled after this long.
     pub timeout: Duration,
     /// A login the engine may use to pull base images the Dockerfile names (`FROM`) that it
-    /// lacks: Slipway's own registry. Other registries are pulled from without one.
-    pub pull_auth: RegistryAuth,
+    /// lacks; without one, only images that need no login are pulled.
+    pub pull_auth: Option<RegistryAuth>,
 }
 
 impl std::fmt::Debug for ImageBuild {
@@ -272,7 +272,7 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), RuntimeError>;
 
     /// Builds an image from a Dockerfile, pulling the base images the engine lacks (with
-    /// `pull_auth` for its registry), sending the build's output to `output` as it comes, and
+    /// `pull_auth`, if any, for its registry), sending the build's output to `output` as it comes, and
     /// returns the image's id.
     /// A failed step fails the build with the engine's error (the step's own output has already
     /// been sent); a build that outlives its timeout is cancelled.
