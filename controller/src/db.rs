@@ -266,7 +266,8 @@ pub struct Db {
     backend: Backend,
 }
 
-fn now() -> i64 {
+/// Seconds since the epoch, as the database stores times.
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

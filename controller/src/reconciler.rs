@@ -620,9 +620,7 @@ impl Reconciler {
         match self.db.tls_certs().await {
             Ok(certs) => {
                 let mut table = CertTable::default();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                let now = crate::db::now();
                 for cert in certs {
                     // Said at every start and certificate change, where an operator looks.
                     let days = (cert.not_after - now).div_euclid(86_400);
