@@ -77,7 +77,12 @@ pub(crate) fn request_start(now: std::time::SystemTime) -> HeaderValue {
 
 /// The id to use for a request: the client's own if it sent a valid one, else a fresh one.
 pub(crate) fn request_id(sent: Option<&HeaderValue>) -> String {
-    match sent.and_then(|v| v.to_str().ok()) {
+    request_id_from(sent.map(HeaderValue::as_bytes))
+}
+
+/// [`request_id`] for a field value as bytes.
+pub(crate) fn request_id_from(sent: Option<&[u8]>) -> String {
+    match sent.and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()) {
         Some(id) if is_valid_request_id(id) => id.to_owned(),
         _ => new_request_id(),
     }

@@ -2,8 +2,11 @@
 //! request to a ready `web` instance of the app whose host name the request carries, using the
 //! route table the controller publishes, and answers with a small error page when it cannot.
 //!
-//! - `server` binds the listen socket and runs pingora's `Server` on a dedicated OS thread; it
-//!   explains how the router keeps pingora away from the process's signals.
+//! - `server` binds the listen sockets, starts `h1`'s threads for plain HTTP and pingora's
+//!   `Server` for HTTPS; it explains how the router keeps pingora away from the process's
+//!   signals.
+//! - `h1` is plain HTTP/1.x, proxied by the router's own code on per-thread runtimes (pingora's
+//!   HTTP/1 path cost twice nginx's CPU per request); h2c connections go on to pingora.
 //! - `proxy` is the request lifecycle: which pingora `ProxyHttp` phases the router overrides, and
 //!   why.
 //! - `tls` is HTTPS: the TLS listener's settings and the certificate picked per handshake by
@@ -20,6 +23,7 @@
 //!   (`slipway server`) handles Ctrl-C and SIGTERM and calls [`RouterHandle::stop`].
 
 mod forwarded;
+mod h1;
 mod pages;
 mod proxy;
 mod redirect;

@@ -1,5 +1,6 @@
-//! The request lifecycle: the [`ProxyHttp`] phases the router overrides, in the order pingora
-//! runs them (pingora's `docs/user_guide/phase.md` draws the whole chart). Every other phase
+//! The request lifecycle over TLS and HTTP/2 (plain HTTP/1.x is `h1`'s, which follows the
+//! same steps with the same pages, codes and headers): the [`ProxyHttp`] phases the router
+//! overrides, in the order pingora runs them (pingora's `docs/user_guide/phase.md` draws the whole chart). Every other phase
 //! keeps pingora's default; in particular bodies are never touched, so pingora streams them in
 //! both directions.
 //!

@@ -1,5 +1,10 @@
-//! The router's lifecycle: bind the listen socket, run pingora's `Server` on a dedicated OS
-//! thread, stop it when asked.
+//! The router's lifecycle: bind the listen sockets, start the threads that serve them, stop
+//! them when asked.
+//!
+//! Plain HTTP is served by `h1` on `RouterConfig::threads` threads of its own, each a
+//! single-threaded runtime accepting on the shared socket (h2c connections are handed from there
+//! to pingora's proxy, on the same thread). HTTPS is served by pingora's `Server`, on a
+//! dedicated OS thread, when there is a TLS listener.
 //!
 //! Signals. Pingora's `Server::run_forever` watches SIGINT, SIGTERM and SIGQUIT (through
 //! `UnixShutdownSignalWatch`) and ends with `std::process::exit`. The router calls `Server::run`
@@ -9,15 +14,14 @@
 //! arguments or a configuration file, with `daemon` off and without `bootstrap()`, so none of
 //! pingora's other `exit` paths (daemonizing, `--test`, `--upgrade`) can be reached.
 //!
-//! Binding. The listen socket is bound here, on the caller's thread, so a taken port is an error
-//! returned by [`start`] rather than a panic inside pingora's runtime. Pingora then adopts that
-//! very socket through its listen-fd table, the mechanism it uses to hand sockets over during
-//! graceful upgrades: [`PreBound`] gives the proxy service a table that holds the socket under
-//! its address, and pingora listens on it instead of binding again. There is no window between a
-//! check and a second bind, and port 0 works. The HTTPS socket, when there is one, is bound and
-//! adopted the same way, as a second endpoint of the same service: one runtime serves both.
+//! Binding. The listen sockets are bound here, on the caller's thread, so a taken port is an
+//! error returned by [`start`] rather than a panic inside a runtime. Pingora adopts the TLS
+//! socket through its listen-fd table, the mechanism it uses to hand sockets over during
+//! graceful upgrades: [`PreBound`] gives the service a table that holds the socket under its
+//! address, and pingora listens on it instead of binding again. There is no window between a
+//! check and a second bind, and port 0 works.
 //!
-//! Protocols. The plain listener speaks HTTP/1.1 and, to clients that open with HTTP/2's
+//! Protocols. The plain listener speaks HTTP/1.x and, to clients that open with HTTP/2's
 //! preface (prior knowledge), h2c; the TLS listener offers h2 then http/1.1 by ALPN. Upstream
 //! connections are HTTP/1.1 either way.
 
@@ -25,6 +29,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -40,9 +45,10 @@ use slipway_core::routes::Routes;
 use slipway_core::tls::Certs;
 use tokio::sync::watch;
 
+use crate::h1;
 use crate::proxy::Router;
 use crate::tls::TlsListener;
-use crate::{RouterConfig, RouterError, RouterLimits, Sockets, TlsConfig};
+use crate::{RouterConfig, RouterError, Sockets, TlsConfig};
 
 /// How long requests in flight may run on after [`RouterHandle::stop`] before they are cut.
 const STOP_GRACE_SECONDS: u64 = 2;
@@ -57,7 +63,8 @@ pub struct RouterHandle {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
-    thread: JoinHandle<()>,
+    /// The plain listener's threads, then pingora's, if it runs.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl RouterHandle {
@@ -80,8 +87,10 @@ impl RouterHandle {
         // The receiver lives as long as the server thread, so a failed send means the thread
         // has already ended; joining it below is all that is left to do.
         let _ = self.stop.send(true);
-        if self.thread.join().is_err() {
-            tracing::error!(code = "router_panic", "route: the router thread panicked");
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!(code = "router_panic", "route: a router thread panicked");
+            }
         }
         tracing::info!(listen = %self.local_addr, "route: router stopped");
     }
@@ -112,18 +121,41 @@ pub(crate) fn start(
     let tls_addr = tls.as_ref().map(|tls| tls.addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let threads = config.threads;
-    let limits = config.limits;
-    let thread = thread::Builder::new()
-        .name(SERVICE_NAME.to_owned())
-        .spawn(move || run(http, tls, threads, limits, routes, stop_rx))
+    let tls_listener =
+        (tls.as_ref()).map(|tls| TlsListener::new(tls.addr.port(), tls.certs.clone()));
+    let router = || {
+        Router::new(routes.clone(), local_addr.port(), config.limits).with_tls(tls_listener.clone())
+    };
+    // h2c connections on the plain port go to pingora, on the plain listener's threads.
+    let mut h2c = pingora::proxy::http_proxy(&Arc::new(server_conf(config.threads)), router());
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    h2c.server_options = Some(options);
+    let shared = Arc::new(h1::Shared {
+        routes: routes.clone(),
+        limits: config.limits,
+        port: local_addr.port(),
+        tls: tls_listener.clone(),
+        h2c: Arc::new(h2c),
+    });
+    let grace = Duration::from_secs(STOP_GRACE_SECONDS);
+    let mut threads = h1::spawn(http.0, config.threads, shared, stop_rx.clone(), grace)
         .map_err(RouterError::Spawn)?;
+    if let Some(tls) = tls {
+        let threads_n = config.threads;
+        let proxy = router();
+        let thread = thread::Builder::new()
+            .name(SERVICE_NAME.to_owned())
+            .spawn(move || run(tls, threads_n, proxy, stop_rx))
+            .map_err(RouterError::Spawn)?;
+        threads.push(thread);
+    }
     tracing::info!(listen = %local_addr, tls = ?tls_addr, "route: router listening");
     Ok(RouterHandle {
         local_addr,
         tls_addr,
         stop: stop_tx,
-        thread,
+        threads,
     })
 }
 
@@ -154,16 +186,9 @@ struct TlsEndpoint {
     certs: Certs,
 }
 
-/// The router thread: runs pingora until [`StopSignal`] fires.
-fn run(
-    (http, http_addr): (TcpListener, SocketAddr),
-    tls: Option<TlsEndpoint>,
-    threads: usize,
-    limits: RouterLimits,
-    routes: Routes,
-    stop: watch::Receiver<bool>,
-) {
-    let conf = ServerConf {
+/// Pingora's settings: `threads` runtimes, the stop grace, no work stealing.
+fn server_conf(threads: usize) -> ServerConf {
+    ServerConf {
         threads,
         grace_period_seconds: Some(STOP_GRACE_SECONDS),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
@@ -178,36 +203,20 @@ fn run(
         // in a process of their own (`tests/stop.rs`).
         work_stealing: false,
         ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-
-    let tls_listener =
-        (tls.as_ref()).map(|tls| TlsListener::new(tls.addr.port(), tls.certs.clone()));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Router::new(routes, http_addr.port(), limits).with_tls(tls_listener),
-        SERVICE_NAME,
-    );
-    // h2c: pingora reads the first 24 bytes of each plain connection to look for HTTP/2's
-    // preface. A request shorter than that (possible only without a Host, such as
-    // `GET / HTTP/1.0` and an empty line) is therefore not answered until the client sends
-    // more or closes; every request that names a host is longer.
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
     }
+}
+
+/// The TLS thread: runs pingora on the TLS socket until [`StopSignal`] fires.
+fn run(tls: TlsEndpoint, threads: usize, router: Router, stop: watch::Receiver<bool>) {
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(threads));
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, router, SERVICE_NAME);
     let mut fds = Fds::new();
     // Pingora looks sockets up in the table by the exact string the listener was added with.
-    // Ownership of each socket passes to pingora, which closes it when the service ends.
-    let key = http_addr.to_string();
-    proxy.add_tcp(&key);
-    fds.add(key, http.into_raw_fd());
-    if let Some(tls) = tls {
-        let key = tls.addr.to_string();
-        proxy.add_tls_with_settings(&key, None, tls.settings);
-        fds.add(key, tls.listener.into_raw_fd());
-    }
+    // Ownership of the socket passes to pingora, which closes it when the service ends.
+    let key = tls.addr.to_string();
+    proxy.add_tls_with_settings(&key, None, tls.settings);
+    fds.add(key, tls.listener.into_raw_fd());
     server.add_service(PreBound {
         inner: proxy,
         fds: Arc::new(Mutex::new(fds)),

@@ -157,6 +157,7 @@ impl TlsAccept for SniCerts {
 }
 
 /// What the request path needs to know of the TLS listener.
+#[derive(Clone)]
 pub(crate) struct TlsListener {
     /// The port it accepts on: where redirects to HTTPS go.
     pub(crate) port: u16,

@@ -89,10 +89,11 @@ async fn serve(stream: TcpStream, name: &'static str) {
              Keep-Alive: timeout=60\r\n\r\n",
             answer.len()
         );
-        let out = stream.get_mut();
-        if out.write_all(response.as_bytes()).await.is_err()
-            || out.write_all(&answer).await.is_err()
-        {
+        // One write, as servers send small answers: two would leave the body behind Nagle's
+        // algorithm for a delayed ACK, and the request in flight that long.
+        let mut out = response.into_bytes();
+        out.extend_from_slice(&answer);
+        if stream.get_mut().write_all(&out).await.is_err() {
             return;
         }
     }

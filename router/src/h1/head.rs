@@ -1,0 +1,659 @@
+//! HTTP/1.x message heads: a client's request read and rewritten for the app, and the app's
+//! response read and rewritten for the client, each in one pass over the parsed fields.
+//!
+//! The header rules are the ones `forwarded` states for the pingora path: the standard hop-by-hop
+//! fields and those a `Connection` field names are dropped in both directions, X-Forwarded-For is
+//! appended to, X-Forwarded-Proto/Host/Port, X-Request-Id and X-Request-Start are set by the
+//! router whatever the client sent.
+//!
+//! Invariant: nothing here does IO; a head that cannot be framed safely (request smuggling
+//! shapes: Content-Length with Transfer-Encoding, two different lengths, a coding other than
+//! chunked last) is refused rather than guessed at.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use crate::forwarded;
+
+/// The most header fields read in one head.
+pub(crate) const MAX_HEADERS: usize = 128;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked coding.
+    Chunked,
+    /// Everything until the sender closes (responses only).
+    UntilClose,
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Not yet complete: read more.
+    Partial,
+    /// More fields than [`MAX_HEADERS`].
+    TooManyFields,
+    /// Not a valid head, with what is wrong.
+    Invalid(&'static str),
+}
+
+/// What the router needs of a client's request; the head for the app is built alongside.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// Bytes of the head in the buffer it was read from.
+    pub(crate) head_len: usize,
+    pub(crate) method: http::Method,
+    /// The request target in origin form (`/path?query`), or `*`.
+    pub(crate) target: String,
+    /// HTTP/1.0 (0) or HTTP/1.1 (1).
+    pub(crate) minor: u8,
+    /// The host the request names, port included, as sent; empty when none.
+    pub(crate) host: String,
+    pub(crate) framing: Framing,
+    /// Whether the client wants the connection kept open after the response.
+    pub(crate) keep_alive: bool,
+    /// The protocol the client asks to switch to (WebSockets), if it does.
+    pub(crate) upgrade: bool,
+    /// The client waits for `100 Continue` before sending its body.
+    pub(crate) expect_continue: bool,
+    /// The client's id when valid, else a fresh one.
+    pub(crate) request_id: String,
+}
+
+/// Per-listener values the request head for the app carries.
+pub(crate) struct Forwarding<'a> {
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) proto: &'a str,
+    pub(crate) port: u16,
+    /// Milliseconds since the Unix epoch when the request was received.
+    pub(crate) start_ms: u64,
+}
+
+/// Fields that describe one connection only (RFC 9110 §7.6.1), never forwarded.
+fn is_hop_by_hop(name: &str) -> bool {
+    const FIELDS: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+    ];
+    FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// The fields the router sets on every request to the app, replacing the client's.
+fn is_set_by_router(name: &str) -> bool {
+    const FIELDS: [&str; 6] = [
+        forwarded::X_FORWARDED_FOR,
+        forwarded::X_FORWARDED_PROTO,
+        forwarded::X_FORWARDED_HOST,
+        forwarded::X_FORWARDED_PORT,
+        forwarded::X_REQUEST_ID,
+        forwarded::X_REQUEST_START,
+    ];
+    FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// Whether the comma-separated list `value` holds `token`, ignoring case.
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether `name` is among the tokens of the `Connection` fields.
+fn nominated(connection: &[&[u8]], name: &str) -> bool {
+    connection.iter().any(|v| has_token(v, name))
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The framing that Content-Length and Transfer-Encoding fields give, or why they are refused.
+fn framing(lengths: &[&[u8]], codings: &[&[u8]], is_request: bool) -> Result<Framing, HeadError> {
+    if !codings.is_empty() {
+        if is_request && !lengths.is_empty() {
+            return Err(HeadError::Invalid(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let last = codings
+            .iter()
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|t| !t.is_empty());
+        return match last {
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ if is_request => Err(HeadError::Invalid("unsupported transfer coding")),
+            _ => Ok(Framing::UntilClose),
+        };
+    }
+    let mut length = None;
+    for value in lengths.iter().flat_map(|v| v.split(|&b| b == b',')) {
+        let n = parse_length(value).ok_or(HeadError::Invalid("invalid Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(HeadError::Invalid("conflicting Content-Length"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None if is_request => Framing::Empty,
+        None => Framing::UntilClose,
+    })
+}
+
+/// Reads the request head at the start of `buf` and writes the head for the app into `out`.
+pub(crate) fn request(
+    buf: &[u8],
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Request, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(_) => return Err(HeadError::Invalid("malformed request head")),
+    };
+    let minor = req.version.unwrap_or(1);
+    let method = http::Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Invalid("invalid method"))?;
+    let raw_target = req.path.unwrap_or("");
+
+    let mut host_field: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut lengths: Vec<&[u8]> = Vec::new();
+    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut connection: Vec<&[u8]> = Vec::new();
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    let mut upgrade: Option<&[u8]> = None;
+    let mut expect_continue = false;
+    let mut sent_id: Option<&[u8]> = None;
+    for f in req.headers.iter() {
+        let name = f.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host_field = Some(f.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            lengths.push(f.value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.push(f.value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection.push(f.value);
+        } else if name.eq_ignore_ascii_case(forwarded::X_FORWARDED_FOR) {
+            forwarded_for.push(f.value);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = Some(f.value);
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(forwarded::X_REQUEST_ID) {
+            sent_id = Some(f.value);
+        }
+    }
+    if hosts > 1 {
+        return Err(HeadError::Invalid("more than one Host"));
+    }
+    let framing = framing(&lengths, &codings, true)?;
+
+    // The target's authority wins over Host for an absolute-form target (RFC 9112 §3.2.2).
+    let (authority, target) = split_target(raw_target)?;
+    let host = match authority {
+        Some(a) => a,
+        None => match host_field {
+            Some(v) => std::str::from_utf8(v).map_err(|_| HeadError::Invalid("invalid Host"))?,
+            None if minor >= 1 => return Err(HeadError::Invalid("no Host")),
+            None => "",
+        },
+    };
+    let host = host.rsplit('@').next().unwrap_or(host).trim().to_owned();
+
+    let close = nominated(&connection, "close");
+    let keep_alive = if minor >= 1 {
+        !close
+    } else {
+        !close && nominated(&connection, "keep-alive")
+    };
+    let upgrade = match upgrade {
+        Some(protocol) if minor >= 1 && nominated(&connection, "upgrade") => Some(protocol),
+        _ => None,
+    };
+    let request_id = forwarded::request_id_from(sent_id);
+
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for f in req.headers.iter() {
+        let name = f.name;
+        if is_hop_by_hop(name)
+            || is_set_by_router(name)
+            || nominated(&connection, name)
+            || (name.eq_ignore_ascii_case("host") && authority.is_some())
+            || (expect_continue && name.eq_ignore_ascii_case("expect"))
+        {
+            continue;
+        }
+        field(out, name.as_bytes(), f.value);
+    }
+    if authority.is_some() {
+        field(out, b"Host", host.as_bytes());
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if let Some(protocol) = upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        field(out, b"Upgrade", protocol);
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    let mut first = true;
+    for hop in forwarded_for
+        .iter()
+        .map(|v| v.trim_ascii())
+        .filter(|v| !v.is_empty())
+    {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(hop);
+        first = false;
+    }
+    if let Some(ip) = fwd.client {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{ip}");
+    }
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !host.is_empty() {
+        field(out, b"X-Forwarded-Host", host.as_bytes());
+    }
+    let _ = write!(
+        out,
+        "X-Forwarded-Port: {}\r\nX-Request-Id: {request_id}\r\nX-Request-Start: {}\r\n\r\n",
+        fwd.port, fwd.start_ms
+    );
+
+    Ok(Request {
+        head_len,
+        method,
+        target: target.to_owned(),
+        minor,
+        host,
+        framing,
+        keep_alive,
+        upgrade: upgrade.is_some(),
+        expect_continue: expect_continue && minor >= 1,
+        request_id,
+    })
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Splits an absolute-form target (`http://host/path`) into its authority and origin-form
+/// path; other forms come back as they are.
+fn split_target(target: &str) -> Result<(Option<&str>, &str), HeadError> {
+    if target.starts_with('/') || target == "*" {
+        return Ok((None, target));
+    }
+    let rest = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| {
+            target
+                .get(..scheme.len())
+                .filter(|s| s.eq_ignore_ascii_case(scheme))
+                .map(|_| &target[scheme.len()..])
+        })
+        .ok_or(HeadError::Invalid("invalid request target"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() {
+        return Err(HeadError::Invalid("invalid request target"));
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    // A target like `http://h?q` has a query but no path; `/` is implied before it.
+    if path.starts_with('?') {
+        return Err(HeadError::Invalid("invalid request target"));
+    }
+    Ok((Some(authority), path))
+}
+
+/// What the router needs of an app's response; the head for the client is built alongside.
+#[derive(Debug)]
+pub(crate) struct Response {
+    /// Bytes of the head in the buffer it was read from.
+    pub(crate) head_len: usize,
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
+    /// Whether the app keeps the connection open after this response.
+    pub(crate) reusable: bool,
+}
+
+/// How the client's side of a response is to be written.
+pub(crate) struct ClientSide<'a> {
+    /// The request was HEAD: no body follows, whatever the head says.
+    pub(crate) head_request: bool,
+    /// The client spoke HTTP/1.0: it understands neither chunked nor keep-alive by default.
+    pub(crate) minor: u8,
+    /// The connection stays open after this response.
+    pub(crate) keep_alive: bool,
+    pub(crate) request_id: &'a str,
+}
+
+/// Reads the response head at the start of `buf` and writes the head for the client into
+/// `out`. Returns `None` in `framing`'s place for interim (1xx other than 101) answers.
+pub(crate) fn response(
+    buf: &[u8],
+    client: &ClientSide<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Response, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(_) => return Err(HeadError::Invalid("malformed response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let minor = resp.version.unwrap_or(1);
+    let mut lengths: Vec<&[u8]> = Vec::new();
+    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut connection: Vec<&[u8]> = Vec::new();
+    for f in resp.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            lengths.push(f.value);
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.push(f.value);
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            connection.push(f.value);
+        }
+    }
+    let switching = status == 101;
+    let interim = (100..200).contains(&status);
+    let framing = if interim || status == 204 || status == 304 || client.head_request {
+        Framing::Empty
+    } else {
+        framing(&lengths, &codings, false)?
+    };
+    let reusable = !switching
+        && framing != Framing::UntilClose
+        && if minor >= 1 {
+            !nominated(&connection, "close")
+        } else {
+            nominated(&connection, "keep-alive")
+        };
+
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\n",
+        resp.reason.unwrap_or_default()
+    );
+    // An HTTP/1.0 client cannot read chunks; the router sends it the data alone and closes.
+    let dechunk = framing == Framing::Chunked && client.minor == 0;
+    for f in resp.headers.iter() {
+        let name = f.name;
+        if switching {
+            field(out, name.as_bytes(), f.value);
+            continue;
+        }
+        let drop = if name.eq_ignore_ascii_case("content-length") {
+            // Chunks win over a length (RFC 9112 §6.3), and the chunks are what is forwarded.
+            framing == Framing::Chunked
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            dechunk
+        } else {
+            is_hop_by_hop(name)
+                || nominated(&connection, name)
+                || name.eq_ignore_ascii_case(forwarded::X_REQUEST_ID)
+        };
+        if !drop {
+            field(out, name.as_bytes(), f.value);
+        }
+    }
+    if !interim {
+        field(out, b"X-Request-Id", client.request_id.as_bytes());
+        let closes = !client.keep_alive || framing == Framing::UntilClose || dechunk;
+        if closes {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if client.minor == 0 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Response {
+        head_len,
+        status,
+        framing,
+        reusable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> Forwarding<'static> {
+        Forwarding {
+            client: Some("192.0.2.7".parse().unwrap()),
+            proto: "http",
+            port: 8080,
+            start_ms: 1234,
+        }
+    }
+
+    fn req(raw: &str) -> Result<(Request, String), HeadError> {
+        let mut out = Vec::new();
+        let r = request(raw.as_bytes(), &fwd(), &mut out)?;
+        Ok((r, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn the_head_for_the_app_drops_hop_by_hop_fields_and_sets_the_forwarded_ones() {
+        let (r, out) = req(concat!(
+            "GET /a?b=1 HTTP/1.1\r\nHost: web.example.com:8080\r\nConnection: keep-alive, X-Secret\r\n",
+            "X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n",
+            "X-Forwarded-Proto: https\r\nX-Request-Id: abc-1\r\nAccept: */*\r\n\r\nBODY"
+        ))
+        .unwrap();
+        assert_eq!(r.host, "web.example.com:8080");
+        assert_eq!(r.target, "/a?b=1");
+        assert_eq!(r.request_id, "abc-1");
+        assert!(r.keep_alive);
+        assert_eq!(r.framing, Framing::Empty);
+        assert_eq!(
+            out,
+            concat!(
+                "GET /a?b=1 HTTP/1.1\r\nHost: web.example.com:8080\r\nAccept: */*\r\n",
+                "X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n",
+                "X-Forwarded-Host: web.example.com:8080\r\nX-Forwarded-Port: 8080\r\n",
+                "X-Request-Id: abc-1\r\nX-Request-Start: 1234\r\n\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn framing_and_smuggling_shapes() {
+        let framing_of = |fields: &str| {
+            req(&format!("POST / HTTP/1.1\r\nHost: h\r\n{fields}\r\n")).map(|(r, _)| r.framing)
+        };
+        assert_eq!(framing_of("Content-Length: 5\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(
+            framing_of("Content-Length: 5\r\nContent-Length: 5\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            framing_of("Transfer-Encoding: chunked\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(framing_of(""), Ok(Framing::Empty));
+        for bad in [
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 0x10\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked, gzip\r\n",
+        ] {
+            assert!(
+                matches!(framing_of(bad), Err(HeadError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        let (_, out) =
+            req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+        assert!(!out.contains("gzip"), "{out}");
+    }
+
+    #[test]
+    fn hosts_versions_and_targets() {
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Invalid("no Host"))
+        ));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Invalid(_))
+        ));
+        let (r, _) = req("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!((r.host.as_str(), r.keep_alive), ("", false));
+        let (r, _) = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: h\r\n\r\n").unwrap();
+        assert!(r.keep_alive);
+        let (r, out) =
+            req("GET http://u@app.example.com:81/x?y HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.target.as_str()),
+            ("app.example.com:81", "/x?y")
+        );
+        assert!(out.starts_with("GET /x?y HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("\r\nHost: app.example.com:81\r\n"), "{out}");
+        assert!(!out.contains("other"), "{out}");
+        assert!(matches!(
+            req("GET x HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Err(HeadError::Invalid(_))
+        ));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: h\r\n"),
+            Err(HeadError::Partial)
+        ));
+    }
+
+    #[test]
+    fn upgrades_and_expect() {
+        let (r, out) = req(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.upgrade);
+        assert!(
+            out.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Sec-WebSocket-Key: k\r\n"), "{out}");
+        let (r, out) =
+            req("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+                .unwrap();
+        assert!(r.expect_continue);
+        assert!(!out.contains("Expect"), "{out}");
+    }
+
+    fn resp(raw: &str, client: ClientSide<'_>) -> (Response, String) {
+        let mut out = Vec::new();
+        let r = response(raw.as_bytes(), &client, &mut out).unwrap();
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    fn client(minor: u8, keep_alive: bool) -> ClientSide<'static> {
+        ClientSide {
+            head_request: false,
+            minor,
+            keep_alive,
+            request_id: "rid",
+        }
+    }
+
+    #[test]
+    fn the_head_for_the_client() {
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\nX-App: 1\r\n\r\nhi",
+            client(1, true),
+        );
+        assert_eq!(
+            (r.status, r.framing, r.reusable),
+            (200, Framing::Length(2), true)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App: 1\r\nX-Request-Id: rid\r\n\r\n"
+        );
+        // An HTTP/1.0 app without keep-alive: answered as HTTP/1.1, not reused.
+        let (r, out) = resp(
+            "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            client(1, true),
+        );
+        assert!(!r.reusable);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        // No length: the body runs until the app closes, and so does the client's connection.
+        let (r, out) = resp("HTTP/1.1 200 OK\r\n\r\n", client(1, true));
+        assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
+        assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+        // Chunks to an HTTP/1.0 client: the coding goes, the connection closes.
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            client(0, true),
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!out.contains("Transfer-Encoding"), "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        // HEAD, 204 and 304 have no body whatever their fields say.
+        let mut head = client(1, true);
+        head.head_request = true;
+        let (r, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head);
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(out.contains("Content-Length: 99"), "{out}");
+        let (r, _) = resp(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            client(1, true),
+        );
+        assert_eq!(r.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn switching_protocols_keeps_its_fields() {
+        let (r, out) = resp(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            client(1, true),
+        );
+        assert_eq!(r.status, 101);
+        assert!(
+            out.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n"),
+            "{out}"
+        );
+    }
+}

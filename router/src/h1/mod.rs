@@ -1,0 +1,1011 @@
+//! The plain-HTTP listener: HTTP/1.x proxied by the router's own code, HTTP/2 (h2c) handed to
+//! pingora.
+//!
+//! Why not pingora for HTTP/1 as well: measured with `../shared/bench/router.sh`, pingora's
+//! HTTP/1 path cost about twice nginx's CPU per request. Its accept loop hands each connection
+//! to a random runtime while the socket stays registered with the accepting one, so every read
+//! crosses threads; and its per-request state machine, header maps and pool bookkeeping come on
+//! top. Here each router thread runs a single-threaded runtime that accepts, reads, forwards and
+//! pools its own connections: a request costs a few syscalls, one pass over the head each way,
+//! and no allocation beyond a few small strings.
+//!
+//! The request lifecycle mirrors `proxy`'s phases for pingora (TLS and HTTP/2 still go there):
+//! the head is read ([`head::request`], 431 over the limit, 400 when malformed), the host is
+//! looked up in the current route table snapshot (404 `no_route`), then HTTPS redirect,
+//! maintenance (503), the app's body limit by Content-Length (413), a backend picked by least
+//! connections (503 `no_backend`). A connect failure quarantines the instance and tries the
+//! next (502 `upstream_connect` when none is left); a connection reused from the pool that fails
+//! before the app sent anything is retried on a new one when the request had no body. The
+//! request goes up with its body streamed (a chunked body is counted against the limit as it
+//! passes, 413), the answer comes back streamed (504 `upstream_timeout` when the app is silent
+//! for the read timeout, 502 `upstream_failed` when it closes or sends something that is not
+//! HTTP). An upgrade answered 101 becomes a two-way tunnel.
+//!
+//! Invariants: the request path reads the route-table snapshot and nothing else. A connection
+//! to an app is pooled only after a complete response that left it reusable; a client
+//! connection is kept only when the request was read to its end.
+
+mod chunked;
+mod head;
+mod pool;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::GetSocketDigest;
+use pingora::protocols::SocketDigest;
+use pingora::proxy::HttpProxy;
+use slipway_core::routes::{AppRoute, Lease, Routes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+use crate::RouterLimits;
+use crate::pages::{self, Failure};
+use crate::proxy::{ACCESS_LOG, Router};
+use crate::redirect;
+use crate::tls::TlsListener;
+use head::{ClientSide, Forwarding, Framing, HeadError};
+
+/// What an HTTP/2 client sends first, before anything else (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a client may keep an idle connection open, and may take over a request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often each thread closes the pooled connections that went stale.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The largest response head accepted from an app.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Bytes of an unread request body read and dropped before closing, so the client sees the
+/// answer rather than a reset.
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// What every connection of the listener shares.
+pub(crate) struct Shared {
+    pub(crate) routes: Routes,
+    pub(crate) limits: RouterLimits,
+    /// The port the listener accepts on, sent as X-Forwarded-Port.
+    pub(crate) port: u16,
+    /// The router's TLS listener, for the redirect to HTTPS.
+    pub(crate) tls: Option<TlsListener>,
+    /// Pingora's proxy, for h2c connections.
+    pub(crate) h2c: Arc<HttpProxy<Router>>,
+}
+
+/// Starts `threads` threads that accept on `listener` and serve what they accept, until `stop`
+/// turns true; then each lets its connections finish for up to `grace`.
+pub(crate) fn spawn(
+    listener: std::net::TcpListener,
+    threads: usize,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        let handle = thread::Builder::new()
+            .name(format!("slipway-http-{n}"))
+            .spawn(move || {
+                runtime.block_on(accept_loop(listener, shared, stop, grace));
+                // Dropping the runtime cancels the connections still open after the grace.
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(code = "router_listen", error = %e, "route: cannot accept");
+            return;
+        }
+    };
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            pool::sweep();
+        }
+    });
+    // Each connection task holds a sender; when all are gone, the channel closes.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let stopping = stopped(stop.clone());
+    tokio::pin!(stopping);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stopping => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let shared = Arc::clone(&shared);
+                let stop = stop.clone();
+                let open = open_tx.clone();
+                tokio::spawn(async move {
+                    connection(client, peer, &shared, stop).await;
+                    drop(open);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(code = "router_accept", error = %e, "route: accept failed");
+                // Out of file descriptors: accepting again at once would fail the same way.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    drop(open_tx);
+    let _ = timeout(grace, open_rx.recv()).await;
+}
+
+/// Resolves once `stop` turns true; never, if its sender is dropped without stopping.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves one client connection: HTTP/2 with prior knowledge goes to pingora, anything else is
+/// HTTP/1.x served here.
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = client.set_nodelay(true);
+    match sniff(&client).await {
+        Some(true) => {
+            let fd = client.as_raw_fd();
+            let mut stream = pingora::protocols::l4::stream::Stream::from(client);
+            stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            ServerApp::process_new(&shared.h2c, Box::new(stream), &stop).await;
+        }
+        Some(false) => {
+            let mut conn = Conn {
+                client,
+                peer: peer.ip(),
+                buf: BytesMut::with_capacity(8 * 1024),
+                ubuf: BytesMut::new(),
+                out: Vec::with_capacity(2 * 1024),
+            };
+            while conn.serve_one(shared, &stop).await == Next::KeepAlive && !*stop.borrow() {}
+        }
+        None => {}
+    }
+}
+
+/// Whether the client opens with HTTP/2's preface, without consuming anything; `None` when it
+/// closes or stays silent first.
+async fn sniff(client: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = timeout(left, client.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // The rest of the preface is on its way: `peek` would return at once with the same
+        // bytes, so wait a little before looking again.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// How forwarding a request failed.
+enum Fault {
+    /// The client went away or broke the protocol mid-body; nothing more can be sent.
+    Client(String),
+    /// The request was refused, with this answer, before the app answered.
+    Answer(Failure, String),
+}
+
+/// One client connection and its buffers.
+struct Conn {
+    client: TcpStream,
+    peer: IpAddr,
+    /// Bytes read from the client and not yet used.
+    buf: BytesMut,
+    /// Bytes read from the app and not yet used.
+    ubuf: BytesMut,
+    /// A head being written, with the body bytes that go out with it.
+    out: Vec<u8>,
+}
+
+/// What the access log and the counters need of one request.
+struct Record<'a> {
+    req: &'a head::Request,
+    route: Option<&'a Arc<AppRoute>>,
+    backend: Option<SocketAddr>,
+    attempts: usize,
+    status: u16,
+    bytes: u64,
+    started: Instant,
+}
+
+impl Record<'_> {
+    fn log(&self) {
+        let elapsed = self.started.elapsed();
+        if let Some(route) = self.route {
+            route.stats().record(self.status, elapsed);
+        }
+        let path = self.req.target.split('?').next().unwrap_or("");
+        tracing::info!(
+            target: ACCESS_LOG,
+            method = %self.req.method,
+            host = %self.req.host,
+            path,
+            status = self.status,
+            app = %self.route.map_or("", |r| r.app.as_str()),
+            backend = %self.backend.map(|b| b.to_string()).unwrap_or_default(),
+            attempts = self.attempts,
+            bytes = self.bytes,
+            service_ms = elapsed.as_millis() as u64,
+            request_id = %self.req.request_id,
+            "route: request"
+        );
+    }
+}
+
+impl Conn {
+    /// Reads one request and answers it.
+    async fn serve_one(&mut self, shared: &Shared, stop: &watch::Receiver<bool>) -> Next {
+        let limits = &shared.limits;
+        let mut received = None;
+        let req = loop {
+            let (started, at) =
+                *received.get_or_insert_with(|| (Instant::now(), SystemTime::now()));
+            let fwd = Forwarding {
+                client: Some(self.peer),
+                proto: "http",
+                port: shared.port,
+                start_ms: at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            match head::request(&self.buf, &fwd, &mut self.out) {
+                Ok(req) if req.head_len > limits.max_header_bytes => {
+                    return self.refuse(Failure::HeadersTooLarge, "").await;
+                }
+                Ok(req) => break (req, started),
+                Err(HeadError::Partial) if self.buf.len() > limits.max_header_bytes => {
+                    return self.refuse(Failure::HeadersTooLarge, "").await;
+                }
+                Err(HeadError::Partial) => {
+                    if self.buf.is_empty() {
+                        // Between requests: the start time is the first byte's.
+                        received = None;
+                    }
+                    match self.read_client(stop).await {
+                        Some(n) if n > 0 => {}
+                        _ => return Next::Close,
+                    }
+                }
+                Err(HeadError::TooManyFields) => {
+                    return self.refuse(Failure::HeadersTooLarge, "").await;
+                }
+                Err(HeadError::Invalid(why)) => {
+                    return self.refuse(Failure::BadRequest(400), why).await;
+                }
+            }
+        };
+        let (req, started) = req;
+        self.buf.advance(req.head_len);
+
+        let mut record = Record {
+            req: &req,
+            route: None,
+            backend: None,
+            attempts: 0,
+            status: 0,
+            bytes: 0,
+            started,
+        };
+        let snapshot = shared.routes.snapshot();
+        let Some(route) = snapshot.lookup(&req.host) else {
+            tracing::info!(
+                code = Failure::NoRoute.code(),
+                host = %req.host,
+                request_id = %req.request_id,
+                "route: no app at this host"
+            );
+            return self.page(Failure::NoRoute, &mut record).await;
+        };
+        record.route = Some(route);
+        if let Some(tls) = &shared.tls
+            && route.https_enforced
+            && tls.serves(&req.host)
+        {
+            return self.redirect(tls.port, &mut record).await;
+        }
+        if route.maintenance {
+            return self.page(Failure::Maintenance, &mut record).await;
+        }
+        if let (Some(max), Framing::Length(n)) = (route.max_body, req.framing)
+            && n > max
+        {
+            tracing::info!(
+                code = Failure::BodyTooLarge.code(),
+                app = %route.app,
+                request_id = %req.request_id,
+                "route: request body over the app's limit"
+            );
+            return self.page(Failure::BodyTooLarge, &mut record).await;
+        }
+        let Some(lease) = route.pick() else {
+            tracing::warn!(
+                code = Failure::NoBackend.code(),
+                app = %route.app,
+                host = %req.host,
+                request_id = %req.request_id,
+                "route: no ready instance"
+            );
+            return self.page(Failure::NoBackend, &mut record).await;
+        };
+        if req.expect_continue
+            && req.framing != Framing::Empty
+            && self.buf.is_empty()
+            && self
+                .write_client_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return Next::Close;
+        }
+        let upstream_head = std::mem::take(&mut self.out);
+        let next = self
+            .forward(shared, route, lease, &upstream_head, &mut record)
+            .await;
+        self.out = upstream_head;
+        record.log();
+        match next {
+            Next::KeepAlive if req.keep_alive => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Sends the request to one of the app's instances and its answer back. `record.status` is
+    /// what the client got.
+    async fn forward(
+        &mut self,
+        shared: &Shared,
+        route: &Arc<AppRoute>,
+        mut lease: Lease,
+        upstream_head: &[u8],
+        record: &mut Record<'_>,
+    ) -> Next {
+        let limits = &shared.limits;
+        let req = record.req;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut fresh_only = false;
+        loop {
+            let backend = lease.addr();
+            record.backend = Some(backend);
+            record.attempts += 1;
+            let pooled = if fresh_only {
+                None
+            } else {
+                pool::take(backend)
+            };
+            let reused = pooled.is_some();
+            let mut upstream = match pooled {
+                Some(stream) => stream,
+                None => match connect(backend, limits.connect_timeout).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        route.quarantine(backend);
+                        tried.push(backend);
+                        let retry = tried.len() < route.backends.len();
+                        tracing::debug!(
+                            code = Failure::UpstreamConnect.code(),
+                            app = %route.app,
+                            %backend,
+                            retry,
+                            request_id = %req.request_id,
+                            error = %e,
+                            "route: cannot connect to instance"
+                        );
+                        let next = if retry {
+                            drop(lease);
+                            route.pick_excluding(&tried)
+                        } else {
+                            None
+                        };
+                        match next {
+                            Some(next) => {
+                                lease = next;
+                                continue;
+                            }
+                            None => {
+                                return self
+                                    .upstream_fault(Failure::UpstreamConnect, &e, record)
+                                    .await;
+                            }
+                        }
+                    }
+                },
+            };
+
+            // The head goes out with whatever of the body has arrived, in one write.
+            self.out.clear();
+            self.out.extend_from_slice(upstream_head);
+            let mut body = BodyState::request(req.framing, route.max_body);
+            let taken = match body.take(&self.buf, &mut self.out) {
+                Ok(taken) => taken,
+                Err(fault) => return self.fault(fault, record).await,
+            };
+            self.buf.advance(taken);
+            let sent = upstream.write_all(&self.out).await;
+            if let Err(e) = sent {
+                if reused && req.framing == Framing::Empty {
+                    // The app closed the pooled connection just before it was used.
+                    fresh_only = true;
+                    record.attempts -= 1;
+                    continue;
+                }
+                return self
+                    .upstream_fault(Failure::UpstreamFailed, &e, record)
+                    .await;
+            }
+            // The rest of the body streams through; an app that stops reading (to answer early)
+            // may still have an answer to read.
+            let body_sent = match self.stream_request_body(&mut upstream, &mut body).await {
+                Ok(()) => true,
+                Err(Fault::Client(why)) => {
+                    tracing::info!(
+                        code = "client_gone",
+                        app = %route.app,
+                        request_id = %req.request_id,
+                        error = %why,
+                        "route: request failed on the client side"
+                    );
+                    return Next::Close;
+                }
+                Err(Fault::Answer(failure, why)) => {
+                    if failure == Failure::UpstreamFailed {
+                        false
+                    } else {
+                        return self.fault(Fault::Answer(failure, why), record).await;
+                    }
+                }
+            };
+
+            let client = ClientSide {
+                head_request: req.method == http::Method::HEAD,
+                minor: req.minor,
+                keep_alive: req.keep_alive && body_sent,
+                request_id: &req.request_id,
+            };
+            let resp = match self
+                .read_response_head(&mut upstream, &client, limits)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(ReadFault::Closed)
+                    if reused && req.framing == Framing::Empty && self.ubuf.is_empty() =>
+                {
+                    fresh_only = true;
+                    record.attempts -= 1;
+                    continue;
+                }
+                Err(ReadFault::Closed) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return self
+                        .upstream_fault(Failure::UpstreamFailed, &e, record)
+                        .await;
+                }
+                Err(ReadFault::Timeout) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                    return self
+                        .upstream_fault(Failure::UpstreamTimeout, &e, record)
+                        .await;
+                }
+                Err(ReadFault::Io(e)) => {
+                    return self
+                        .upstream_fault(Failure::UpstreamFailed, &e, record)
+                        .await;
+                }
+                Err(ReadFault::Invalid(why)) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+                    return self
+                        .upstream_fault(Failure::UpstreamFailed, &e, record)
+                        .await;
+                }
+                Err(ReadFault::ClientGone) => return Next::Close,
+            };
+            if resp.status == 101 && !req.upgrade {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "101 unasked");
+                return self
+                    .upstream_fault(Failure::UpstreamFailed, &e, record)
+                    .await;
+            }
+            record.status = resp.status;
+            if resp.status == 101 {
+                self.tunnel(upstream, record).await;
+                return Next::Close;
+            }
+            let dechunk = resp.framing == Framing::Chunked && req.minor == 0;
+            return match self
+                .stream_response(&mut upstream, &resp, dechunk, limits.read_timeout)
+                .await
+            {
+                Ok(bytes) => {
+                    record.bytes = bytes;
+                    if resp.reusable && self.ubuf.is_empty() {
+                        pool::put(backend, upstream);
+                    }
+                    let delimited = resp.framing != Framing::UntilClose && !dechunk;
+                    if body_sent && delimited && req.framing != Framing::UntilClose {
+                        Next::KeepAlive
+                    } else {
+                        Next::Close
+                    }
+                }
+                Err((bytes, why)) => {
+                    record.bytes = bytes;
+                    tracing::warn!(
+                        code = Failure::UpstreamFailed.code(),
+                        app = %route.app,
+                        %backend,
+                        request_id = %req.request_id,
+                        error = %why,
+                        "route: response cut short"
+                    );
+                    Next::Close
+                }
+            };
+        }
+    }
+
+    /// Copies the rest of the request body from the client to the app.
+    async fn stream_request_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        body: &mut BodyState,
+    ) -> Result<(), Fault> {
+        while !body.is_done() {
+            match timeout(CLIENT_TIMEOUT, read_into(&mut self.client, &mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => return Err(Fault::Client("closed during the body".into())),
+                Ok(Err(e)) => return Err(Fault::Client(e.to_string())),
+                Err(_) => return Err(Fault::Client("timed out sending the body".into())),
+            }
+            self.out.clear();
+            let taken = body.take(&self.buf, &mut self.out)?;
+            self.buf.advance(taken);
+            if let Err(e) = upstream.write_all(&self.out).await {
+                return Err(Fault::Answer(Failure::UpstreamFailed, e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the app's response head into `self.out`, rewritten for the client; interim
+    /// answers (103) are passed on.
+    async fn read_response_head(
+        &mut self,
+        upstream: &mut TcpStream,
+        client: &ClientSide<'_>,
+        limits: &RouterLimits,
+    ) -> Result<head::Response, ReadFault> {
+        self.ubuf.clear();
+        loop {
+            match head::response(&self.ubuf, client, &mut self.out) {
+                Ok(resp) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    self.ubuf.advance(resp.head_len);
+                    // The router answered `Expect` itself, so the app's 100 is not passed on.
+                    if resp.status != 100 {
+                        let interim = std::mem::take(&mut self.out);
+                        let sent = self.write_client_raw(&interim).await;
+                        self.out = interim;
+                        sent.map_err(|_| ReadFault::ClientGone)?;
+                    }
+                    continue;
+                }
+                Ok(resp) => {
+                    self.ubuf.advance(resp.head_len);
+                    return Ok(resp);
+                }
+                Err(HeadError::Partial) if self.ubuf.len() <= MAX_RESPONSE_HEAD => {}
+                Err(HeadError::Partial | HeadError::TooManyFields) => {
+                    return Err(ReadFault::Invalid("response head too large"));
+                }
+                Err(HeadError::Invalid(why)) => return Err(ReadFault::Invalid(why)),
+            }
+            match timeout(limits.read_timeout, read_into(upstream, &mut self.ubuf)).await {
+                Ok(Ok(0)) => return Err(ReadFault::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReadFault::Io(e)),
+                Err(_) => return Err(ReadFault::Timeout),
+            }
+        }
+    }
+
+    /// Sends the head in `self.out` and the body after it to the client. Returns the body bytes
+    /// sent, or how many were sent before the app failed.
+    async fn stream_response(
+        &mut self,
+        upstream: &mut TcpStream,
+        resp: &head::Response,
+        dechunk: bool,
+        read_timeout: Duration,
+    ) -> Result<u64, (u64, String)> {
+        let mut body = match resp.framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked if dechunk => BodyState::Dechunk(chunked::Scanner::default()),
+            Framing::Chunked => BodyState::Chunked(chunked::Scanner::default(), None),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        let mut bytes = 0u64;
+        if !body.is_done() && self.ubuf.is_empty() {
+            // The body often follows the head within microseconds: one try, without waiting,
+            // lets head and body go to the client in one write.
+            let _ = upstream.try_read_buf(&mut self.ubuf);
+        }
+        loop {
+            let before = self.out.len();
+            let taken = body
+                .take(&self.ubuf, &mut self.out)
+                .map_err(|_| (bytes, "malformed chunked body from the app".to_owned()))?;
+            bytes += (self.out.len() - before) as u64;
+            self.ubuf.advance(taken);
+            if !self.out.is_empty() {
+                let out = std::mem::take(&mut self.out);
+                let sent = self.write_client_raw(&out).await;
+                self.out = out;
+                self.out.clear();
+                sent.map_err(|e| (bytes, format!("client: {e}")))?;
+            }
+            if body.is_done() {
+                return Ok(bytes);
+            }
+            match timeout(read_timeout, read_into(upstream, &mut self.ubuf)).await {
+                Ok(Ok(0)) if matches!(body, BodyState::UntilClose) => return Ok(bytes),
+                Ok(Ok(0)) => return Err((bytes, "closed before the end of the body".into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err((bytes, e.to_string())),
+                Err(_) => return Err((bytes, "timed out in the body".into())),
+            }
+        }
+    }
+
+    /// After a 101: the head in `self.out`, then bytes both ways until either side closes.
+    async fn tunnel(&mut self, mut upstream: TcpStream, record: &mut Record<'_>) {
+        self.out.extend_from_slice(&self.ubuf);
+        self.ubuf.clear();
+        let out = std::mem::take(&mut self.out);
+        if self.write_client_raw(&out).await.is_err() {
+            return;
+        }
+        if !self.buf.is_empty() && upstream.write_all(&self.buf).await.is_err() {
+            return;
+        }
+        self.buf.clear();
+        if let Ok((_, down)) = tokio::io::copy_bidirectional(&mut self.client, &mut upstream).await
+        {
+            record.bytes = down;
+        }
+    }
+
+    async fn read_client(&mut self, stop: &watch::Receiver<bool>) -> Option<usize> {
+        let idle = self.buf.is_empty();
+        let read = timeout(CLIENT_TIMEOUT, read_into(&mut self.client, &mut self.buf));
+        if !idle {
+            return read.await.ok()?.ok();
+        }
+        // An idle keep-alive connection is closed when the router stops.
+        tokio::select! {
+            read = read => read.ok()?.ok(),
+            () = stopped(stop.clone()) => None,
+        }
+    }
+
+    async fn write_client_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match timeout(CLIENT_TIMEOUT, self.client.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Answers a request whose head could not be used, and closes.
+    async fn refuse(&mut self, failure: Failure, why: &str) -> Next {
+        let request_id = crate::forwarded::new_request_id();
+        tracing::info!(
+            code = failure.code(),
+            status = failure.status(),
+            request_id = %request_id,
+            error = why,
+            "route: request refused"
+        );
+        let page = page_bytes(failure, "", "", &request_id, false, true);
+        let _ = self.write_client_raw(&page).await;
+        self.linger().await;
+        Next::Close
+    }
+
+    /// Answers with the router's page for `failure`.
+    async fn page(&mut self, failure: Failure, record: &mut Record<'_>) -> Next {
+        let req = record.req;
+        // A body that was not read leaves the connection unusable for another request.
+        let close = !req.keep_alive || req.framing != Framing::Empty;
+        let sent = self.send_page(failure, record, close).await;
+        record.log();
+        if sent.is_err() {
+            return Next::Close;
+        }
+        if close {
+            self.linger().await;
+            return Next::Close;
+        }
+        Next::KeepAlive
+    }
+
+    async fn redirect(&mut self, https_port: u16, record: &mut Record<'_>) -> Next {
+        let req = record.req;
+        let status = redirect::status(&req.method);
+        let location = redirect::location(&req.host, https_port, &req.target);
+        let close = !req.keep_alive || req.framing != Framing::Empty;
+        let reason = if status == 301 {
+            "Moved Permanently"
+        } else {
+            "Permanent Redirect"
+        };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\nCache-Control: no-store\r\nX-Request-Id: {}\r\n{}\r\n",
+            req.request_id,
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        record.status = status;
+        let sent = self.write_client_raw(head.as_bytes()).await;
+        record.log();
+        if sent.is_err() || close {
+            self.linger().await;
+            return Next::Close;
+        }
+        Next::KeepAlive
+    }
+
+    /// Answers an instance's failure with its page (when nothing of the answer was sent yet)
+    /// and closes.
+    async fn upstream_fault(
+        &mut self,
+        failure: Failure,
+        e: &std::io::Error,
+        record: &mut Record<'_>,
+    ) -> Next {
+        let req = record.req;
+        tracing::warn!(
+            code = failure.code(),
+            status = failure.status(),
+            app = %record.route.map_or("", |r| r.app.as_str()),
+            backend = %record.backend.map(|b| b.to_string()).unwrap_or_default(),
+            attempts = record.attempts,
+            request_id = %req.request_id,
+            error = %e,
+            "route: instance failed"
+        );
+        self.answer_and_close(failure, record).await
+    }
+
+    async fn fault(&mut self, fault: Fault, record: &mut Record<'_>) -> Next {
+        match fault {
+            Fault::Client(why) => {
+                tracing::info!(
+                    code = "client_gone",
+                    request_id = %record.req.request_id,
+                    error = %why,
+                    "route: request failed on the client side"
+                );
+                Next::Close
+            }
+            Fault::Answer(failure, why) => {
+                tracing::info!(
+                    code = failure.code(),
+                    status = failure.status(),
+                    app = %record.route.map_or("", |r| r.app.as_str()),
+                    request_id = %record.req.request_id,
+                    error = %why,
+                    "route: request refused"
+                );
+                self.answer_and_close(failure, record).await
+            }
+        }
+    }
+
+    /// Sends the page for `failure` and notes its status in `record`.
+    async fn send_page(
+        &mut self,
+        failure: Failure,
+        record: &mut Record<'_>,
+        close: bool,
+    ) -> std::io::Result<()> {
+        let req = record.req;
+        let app = record.route.map_or("", |r| r.app.as_str());
+        let head_only = req.method == http::Method::HEAD;
+        let page = page_bytes(failure, &req.host, app, &req.request_id, head_only, close);
+        record.status = failure.status();
+        self.write_client_raw(&page).await
+    }
+
+    async fn answer_and_close(&mut self, failure: Failure, record: &mut Record<'_>) -> Next {
+        if self.send_page(failure, record, true).await.is_ok() {
+            self.linger().await;
+        }
+        Next::Close
+    }
+
+    /// Closes the sending side, then reads and drops what the client still sends for a moment,
+    /// so that closing with unread bytes does not reset the connection before the client has
+    /// read the answer.
+    async fn linger(&mut self) {
+        if self.client.shutdown().await.is_err() {
+            return;
+        }
+        let mut drained = 0;
+        let mut scratch = [0u8; 8192];
+        let deadline = Instant::now() + LINGER_TIME;
+        while drained < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.client.read(&mut scratch)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// How reading the app's response head failed.
+enum ReadFault {
+    /// The app closed the connection before a complete head.
+    Closed,
+    Timeout,
+    Io(std::io::Error),
+    Invalid(&'static str),
+    /// The client went away while an interim answer was passed on.
+    ClientGone,
+}
+
+/// Where a body stands as it passes through.
+enum BodyState {
+    Done,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunks, passed on as they are, with the limit on their data if there is one.
+    Chunked(chunked::Scanner, Option<u64>),
+    /// Chunks, of which only the data is passed on.
+    Dechunk(chunked::Scanner),
+    /// Everything until the sender closes.
+    UntilClose,
+}
+
+impl BodyState {
+    /// The state of a request body with `framing`, limited to `max` data bytes. (A request
+    /// never runs until the client closes: without a length or chunks it has no body.)
+    fn request(framing: Framing, max: Option<u64>) -> BodyState {
+        match framing {
+            Framing::Empty | Framing::UntilClose => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(chunked::Scanner::default(), max),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            BodyState::Done => true,
+            BodyState::Length(n) => *n == 0,
+            BodyState::Chunked(scanner, _) | BodyState::Dechunk(scanner) => scanner.is_done(),
+            BodyState::UntilClose => false,
+        }
+    }
+
+    /// Appends to `out` what of `buf` belongs to the body (only the data, when dechunking) and
+    /// returns how many bytes of `buf` that was.
+    fn take(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, Fault> {
+        match self {
+            BodyState::Done => Ok(0),
+            BodyState::Length(left) => {
+                let n = (*left).min(buf.len() as u64) as usize;
+                out.extend_from_slice(&buf[..n]);
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyState::Chunked(scanner, max) => {
+                let n = scanner
+                    .scan(buf, |_| {})
+                    .map_err(|e| Fault::Answer(Failure::BadRequest(400), e.0.to_owned()))?;
+                if max.is_some_and(|max| scanner.data_bytes() > max) {
+                    return Err(Fault::Answer(
+                        Failure::BodyTooLarge,
+                        "request body over the app's limit".to_owned(),
+                    ));
+                }
+                out.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            BodyState::Dechunk(scanner) => scanner
+                .scan(buf, |data| out.extend_from_slice(data))
+                .map_err(|e| Fault::Answer(Failure::UpstreamFailed, e.0.to_owned())),
+            BodyState::UntilClose => {
+                out.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into the spare room of `buf`, making room first.
+async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    stream.read_buf(buf).await
+}
+
+async fn connect(backend: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    let stream = match timeout(limit, TcpStream::connect(backend)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The router's page for `failure` as a whole HTTP/1.1 response.
+fn page_bytes(
+    failure: Failure,
+    host: &str,
+    app: &str,
+    request_id: &str,
+    head_only: bool,
+    close: bool,
+) -> Vec<u8> {
+    let message = failure.message(host, app);
+    let body = pages::render(failure, &message, request_id);
+    let status = failure.status();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Request-Id: {request_id}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    out
+}
