@@ -1,8 +1,8 @@
 //! The request lifecycle over TLS and HTTP/2 (plain HTTP/1.x is `h1`'s, which follows the
 //! same steps with the same pages, codes and headers): the [`ProxyHttp`] phases the router
-//! overrides, in the order pingora runs them (pingora's `docs/user_guide/phase.md` draws the whole chart). Every other phase
-//! keeps pingora's default; in particular bodies are never touched, so pingora streams them in
-//! both directions.
+//! overrides, in the order pingora runs them (pingora's `docs/user_guide/phase.md` draws the
+//! whole chart). Every other phase keeps pingora's default; in particular bodies are never
+//! touched, so pingora streams them in both directions.
 //!
 //! - `init_downstream_modules`: installs none; the router never compresses, so pingora's default
 //!   (its compression module, switched off) would be pure per-request cost.
