@@ -295,11 +295,10 @@ impl Conn {
                     .map_or(0, |d| d.as_millis() as u64),
             };
             match head::request(&self.buf, &fwd, &mut self.out) {
-                Ok(req) if req.head_len > limits.max_header_bytes => {
-                    return self.refuse(Failure::HeadersTooLarge, "").await;
-                }
                 Ok(req) => break (req, started),
-                Err(HeadError::Partial) if self.buf.len() > limits.max_header_bytes => {
+                // A head over the limit is still read up to twice the limit, so that its 431
+                // can be counted against the app it names.
+                Err(HeadError::Partial) if self.buf.len() > 2 * limits.max_header_bytes => {
                     return self.refuse(Failure::HeadersTooLarge, "").await;
                 }
                 Err(HeadError::Partial) => {
@@ -343,6 +342,15 @@ impl Conn {
             return self.page(Failure::NoRoute, &mut record).await;
         };
         record.route = Some(route);
+        if req.head_len > limits.max_header_bytes {
+            tracing::info!(
+                code = Failure::HeadersTooLarge.code(),
+                app = %route.app,
+                request_id = %req.request_id,
+                "route: request header too large"
+            );
+            return self.page(Failure::HeadersTooLarge, &mut record).await;
+        }
         if let Some(tls) = &shared.tls
             && route.https_enforced
             && tls.serves(&req.host)

@@ -580,3 +580,65 @@ async fn requests_are_counted_per_app() {
         "{text}"
     );
 }
+
+/// Sends `raw` on a new connection and returns everything the router sends back until it
+/// closes the connection.
+async fn raw_exchange(port: u16, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("the router closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn wire_level_requests_are_answered_as_http_says() {
+    let h = Harness::start();
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+
+    // A bare HTTP/1.0 request, shorter than HTTP/2's preface, is answered at once (no host: 404).
+    let out = raw_exchange(h.port(), b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+    assert!(out.contains("Connection: close\r\n"), "{out}");
+
+    // Two requests in one write are both answered, in order, on the same connection.
+    let out = raw_exchange(
+        h.port(),
+        b"GET /one HTTP/1.1\r\nHost: web.slipway.test\r\n\r\nGET /two HTTP/1.1\r\nHost: web.slipway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let one = out.find("get /one").expect("first answered");
+    let two = out.find("get /two").expect("second answered");
+    assert!(one < two, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+
+    // Request smuggling shapes are refused, not guessed at.
+    let out = raw_exchange(
+        h.port(),
+        b"POST / HTTP/1.1\r\nHost: web.slipway.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    let out = raw_exchange(
+        h.port(),
+        b"POST / HTTP/1.1\r\nHost: web.slipway.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+
+    // An HTTP/1.0 client that asks for keep-alive is told it has it.
+    let out = raw_exchange(
+        h.port(),
+        b"GET /a HTTP/1.0\r\nHost: web.slipway.test\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\nHost: web.slipway.test\r\n\r\n",
+    )
+    .await;
+    assert!(out.contains("Connection: keep-alive\r\n"), "{out}");
+    assert!(out.contains("get /b"), "{out}");
+}
