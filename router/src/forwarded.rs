@@ -109,27 +109,43 @@ pub(crate) fn forwarded_for<'a>(
     client: Option<IpAddr>,
 ) -> Option<HeaderValue> {
     let mut chain: Vec<u8> = Vec::new();
-    let hops = sent
-        .into_iter()
-        .map(|v| v.as_bytes().trim_ascii())
-        .filter(|v| !v.is_empty());
-    for hop in hops {
-        if !chain.is_empty() {
-            chain.extend_from_slice(b", ");
-        }
-        chain.extend_from_slice(hop);
-    }
-    if let Some(ip) = client {
-        if !chain.is_empty() {
-            chain.extend_from_slice(b", ");
-        }
-        // Writing to a Vec cannot fail.
-        let _ = write!(chain, "{ip}");
-    }
+    append_forwarded_for(
+        &mut chain,
+        sent.into_iter().map(HeaderValue::as_bytes),
+        client,
+    );
     // Every byte comes from a header value or an address, so the result is a valid value.
     HeaderValue::from_bytes(&chain)
         .ok()
         .filter(|v| !v.is_empty())
+}
+
+/// Appends the X-Forwarded-For chain to `out`: the non-empty values the client sent, trimmed,
+/// in order, then the client's address, separated by ", ".
+pub(crate) fn append_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    sent: impl IntoIterator<Item = &'a [u8]>,
+    client: Option<IpAddr>,
+) {
+    let mut first = true;
+    let hops = sent
+        .into_iter()
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| !v.is_empty());
+    for hop in hops {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(hop);
+        first = false;
+    }
+    if let Some(ip) = client {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{ip}");
+    }
 }
 
 /// Removes the hop-by-hop fields of an upstream response that pingora passes through: pingora

@@ -263,25 +263,7 @@ pub(crate) fn request(
         field(out, b"Upgrade", protocol);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    let mut first = true;
-    for hop in forwarded_for
-        .iter()
-        .map(|v| v.trim_ascii())
-        .filter(|v| !v.is_empty())
-    {
-        if !first {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(hop);
-        first = false;
-    }
-    if let Some(ip) = fwd.client {
-        if !first {
-            out.extend_from_slice(b", ");
-        }
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{ip}");
-    }
+    forwarded::append_forwarded_for(out, forwarded_for.iter().copied(), fwd.client);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(fwd.proto.as_bytes());
     out.extend_from_slice(b"\r\n");

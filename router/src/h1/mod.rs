@@ -490,16 +490,7 @@ impl Conn {
             // may still have an answer to read.
             let body_sent = match self.stream_request_body(&mut upstream, &mut body).await {
                 Ok(()) => true,
-                Err(Fault::Client(why)) => {
-                    tracing::info!(
-                        code = "client_gone",
-                        app = %route.app,
-                        request_id = %req.request_id,
-                        error = %why,
-                        "route: request failed on the client side"
-                    );
-                    return Next::Close;
-                }
+                Err(fault @ Fault::Client(_)) => return self.fault(fault, record).await,
                 Err(Fault::Answer(failure, why)) => {
                     if failure == Failure::UpstreamFailed {
                         false
@@ -832,6 +823,7 @@ impl Conn {
             Fault::Client(why) => {
                 tracing::info!(
                     code = "client_gone",
+                    app = %record.route.map_or("", |r| r.app.as_str()),
                     request_id = %record.req.request_id,
                     error = %why,
                     "route: request failed on the client side"
