@@ -31,6 +31,7 @@ mod pool;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,7 +45,7 @@ use slipway_core::routes::{AppRoute, Lease, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::time::{Sleep, timeout};
 
 use crate::RouterLimits;
 use crate::pages::{self, Failure};
@@ -187,8 +188,10 @@ async fn connection(
                 buf: BytesMut::with_capacity(8 * 1024),
                 ubuf: BytesMut::new(),
                 out: Vec::with_capacity(2 * 1024),
+                timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
+                stopping: Box::pin(stopped(stop.clone())),
             };
-            while conn.serve_one(shared, &stop).await == Next::KeepAlive && !*stop.borrow() {}
+            while conn.serve_one(shared).await == Next::KeepAlive && !*stop.borrow() {}
         }
         None => {}
     }
@@ -241,6 +244,26 @@ struct Conn {
     ubuf: BytesMut,
     /// A head being written, with the body bytes that go out with it.
     out: Vec<u8>,
+    /// The deadline of the IO under way. One timer per connection, moved on by each
+    /// [`within`]: moving a deadline later touches no timer wheel, so the request path pays for
+    /// a timer only when one fires.
+    timer: Pin<Box<Sleep>>,
+    /// Resolves when the router stops; made once per connection, polled while it is idle.
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Runs `io` until it completes or `limit` passes (`None`), on a connection's `timer`.
+async fn within<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    io: impl Future<Output = T>,
+) -> Option<T> {
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        out = io => Some(out),
+        () = timer.as_mut() => None,
+    }
 }
 
 /// What the access log and the counters need of one request.
@@ -280,7 +303,7 @@ impl Record<'_> {
 
 impl Conn {
     /// Reads one request and answers it.
-    async fn serve_one(&mut self, shared: &Shared, stop: &watch::Receiver<bool>) -> Next {
+    async fn serve_one(&mut self, shared: &Shared) -> Next {
         let limits = &shared.limits;
         let mut received = None;
         let req = loop {
@@ -306,7 +329,7 @@ impl Conn {
                         // Between requests: the start time is the first byte's.
                         received = None;
                     }
-                    match self.read_client(stop).await {
+                    match self.read_client().await {
                         Some(n) if n > 0 => {}
                         _ => return Next::Close,
                     }
@@ -594,11 +617,12 @@ impl Conn {
         body: &mut BodyState,
     ) -> Result<(), Fault> {
         while !body.is_done() {
-            match timeout(CLIENT_TIMEOUT, read_into(&mut self.client, &mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) => return Err(Fault::Client("closed during the body".into())),
-                Ok(Err(e)) => return Err(Fault::Client(e.to_string())),
-                Err(_) => return Err(Fault::Client("timed out sending the body".into())),
+            let read = read_into(&mut self.client, &mut self.buf);
+            match within(&mut self.timer, CLIENT_TIMEOUT, read).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(Ok(_)) => return Err(Fault::Client("closed during the body".into())),
+                Some(Err(e)) => return Err(Fault::Client(e.to_string())),
+                None => return Err(Fault::Client("timed out sending the body".into())),
             }
             self.out.clear();
             let taken = body.take(&self.buf, &mut self.out)?;
@@ -642,11 +666,12 @@ impl Conn {
                 }
                 Err(HeadError::Invalid(why)) => return Err(ReadFault::Invalid(why)),
             }
-            match timeout(limits.read_timeout, read_into(upstream, &mut self.ubuf)).await {
-                Ok(Ok(0)) => return Err(ReadFault::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(ReadFault::Io(e)),
-                Err(_) => return Err(ReadFault::Timeout),
+            let read = read_into(upstream, &mut self.ubuf);
+            match within(&mut self.timer, limits.read_timeout, read).await {
+                Some(Ok(0)) => return Err(ReadFault::Closed),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ReadFault::Io(e)),
+                None => return Err(ReadFault::Timeout),
             }
         }
     }
@@ -690,12 +715,13 @@ impl Conn {
             if body.is_done() {
                 return Ok(bytes);
             }
-            match timeout(read_timeout, read_into(upstream, &mut self.ubuf)).await {
-                Ok(Ok(0)) if matches!(body, BodyState::UntilClose) => return Ok(bytes),
-                Ok(Ok(0)) => return Err((bytes, "closed before the end of the body".into())),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err((bytes, e.to_string())),
-                Err(_) => return Err((bytes, "timed out in the body".into())),
+            let read = read_into(upstream, &mut self.ubuf);
+            match within(&mut self.timer, read_timeout, read).await {
+                Some(Ok(0)) if matches!(body, BodyState::UntilClose) => return Ok(bytes),
+                Some(Ok(0)) => return Err((bytes, "closed before the end of the body".into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err((bytes, e.to_string())),
+                None => return Err((bytes, "timed out in the body".into())),
             }
         }
     }
@@ -718,23 +744,28 @@ impl Conn {
         }
     }
 
-    async fn read_client(&mut self, stop: &watch::Receiver<bool>) -> Option<usize> {
+    async fn read_client(&mut self) -> Option<usize> {
         let idle = self.buf.is_empty();
-        let read = timeout(CLIENT_TIMEOUT, read_into(&mut self.client, &mut self.buf));
+        let read = within(
+            &mut self.timer,
+            CLIENT_TIMEOUT,
+            read_into(&mut self.client, &mut self.buf),
+        );
         if !idle {
-            return read.await.ok()?.ok();
+            return read.await?.ok();
         }
         // An idle keep-alive connection is closed when the router stops.
         tokio::select! {
-            read = read => read.ok()?.ok(),
-            () = stopped(stop.clone()) => None,
+            read = read => read?.ok(),
+            () = self.stopping.as_mut() => None,
         }
     }
 
     async fn write_client_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match timeout(CLIENT_TIMEOUT, self.client.write_all(bytes)).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        let write = self.client.write_all(bytes);
+        match within(&mut self.timer, CLIENT_TIMEOUT, write).await {
+            Some(result) => result,
+            None => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
 
