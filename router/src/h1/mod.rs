@@ -497,7 +497,13 @@ impl Conn {
                 Err(fault) => return self.fault(fault, record).await,
             };
             self.buf.advance(taken);
-            let sent = upstream.write_all(&self.out).await;
+            let sent = write_within(
+                &mut self.timer,
+                limits.read_timeout,
+                &mut upstream,
+                &self.out,
+            )
+            .await;
             if let Err(e) = sent {
                 if reused && req.framing == Framing::Empty {
                     // The app closed the pooled connection just before it was used.
@@ -505,13 +511,19 @@ impl Conn {
                     record.attempts -= 1;
                     continue;
                 }
-                return self
-                    .upstream_fault(Failure::UpstreamFailed, &e, record)
-                    .await;
+                let failure = if e.kind() == std::io::ErrorKind::TimedOut {
+                    Failure::UpstreamTimeout
+                } else {
+                    Failure::UpstreamFailed
+                };
+                return self.upstream_fault(failure, &e, record).await;
             }
             // The rest of the body streams through; an app that stops reading (to answer early)
             // may still have an answer to read.
-            let body_sent = match self.stream_request_body(&mut upstream, &mut body).await {
+            let body_sent = match self
+                .stream_request_body(&mut upstream, &mut body, limits.read_timeout)
+                .await
+            {
                 Ok(()) => true,
                 Err(fault @ Fault::Client(_)) => return self.fault(fault, record).await,
                 Err(Fault::Answer(failure, why)) => {
@@ -615,6 +627,7 @@ impl Conn {
         &mut self,
         upstream: &mut TcpStream,
         body: &mut BodyState,
+        write_timeout: Duration,
     ) -> Result<(), Fault> {
         while !body.is_done() {
             let read = read_into(&mut self.client, &mut self.buf);
@@ -627,7 +640,8 @@ impl Conn {
             self.out.clear();
             let taken = body.take(&self.buf, &mut self.out)?;
             self.buf.advance(taken);
-            if let Err(e) = upstream.write_all(&self.out).await {
+            let sent = write_within(&mut self.timer, write_timeout, upstream, &self.out).await;
+            if let Err(e) = sent {
                 return Err(Fault::Answer(Failure::UpstreamFailed, e.to_string()));
             }
         }
@@ -762,11 +776,7 @@ impl Conn {
     }
 
     async fn write_client_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let write = self.client.write_all(bytes);
-        match within(&mut self.timer, CLIENT_TIMEOUT, write).await {
-            Some(result) => result,
-            None => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        write_within(&mut self.timer, CLIENT_TIMEOUT, &mut self.client, bytes).await
     }
 
     /// Answers a request whose head could not be used, and closes.
@@ -993,6 +1003,29 @@ impl BodyState {
                 Ok(buf.len())
             }
         }
+    }
+}
+
+/// Writes all of `bytes`, or fails with `TimedOut` when the peer has not taken them within
+/// `limit`. The socket's buffer usually takes them at once, and then no timer is involved.
+async fn write_within(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    stream: &mut TcpStream,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let written = match stream.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let rest = &bytes[written..];
+    if rest.is_empty() {
+        return Ok(());
+    }
+    match within(timer, limit, stream.write_all(rest)).await {
+        Some(result) => result,
+        None => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 

@@ -539,6 +539,62 @@ async fn silent_instance_is_504_after_the_read_timeout() {
 }
 
 #[tokio::test]
+async fn instance_that_stops_reading_the_body_is_504_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(RouterLimits {
+        read_timeout: Duration::from_secs(1),
+        ..RouterLimits::default()
+    });
+    // An instance that reads the head and then neither reads nor answers.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = app.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = conn.read(&mut head).await;
+            held.push(conn);
+        }
+    });
+    h.publish(&[("web.slipway.test", "web", vec![addr])]);
+
+    // The body is far larger than the socket buffers between client, router and instance.
+    let size = 64 * 1024 * 1024;
+    let client = tokio::net::TcpStream::connect(("127.0.0.1", h.port()))
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = client.into_split();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: web.slipway.test\r\nContent-Length: {size}\r\n\r\n"
+    );
+    tokio::spawn(async move {
+        let _ = tx.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if tx.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // Held open: the router must answer, not wait for the client to give up.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the instance stopped reading");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+}
+
+#[tokio::test]
 async fn busy_instance_is_passed_over() {
     let h = Harness::start();
     let a = Upstream::start("a").await;
