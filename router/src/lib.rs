@@ -2,14 +2,13 @@
 //! request to a ready `web` instance of the app whose host name the request carries, using the
 //! route table the controller publishes, and answers with a small error page when it cannot.
 //!
-//! - `server` binds the listen sockets, starts `h1`'s threads for plain HTTP and pingora's
-//!   `Server` for HTTPS; it explains how the router keeps pingora away from the process's
-//!   signals.
-//! - `h1` is plain HTTP/1.x, proxied by the router's own code on per-thread runtimes (pingora's
-//!   HTTP/1 path cost twice nginx's CPU per request); h2c connections go on to pingora.
-//! - `proxy` is the request lifecycle: which pingora `ProxyHttp` phases the router overrides, and
-//!   why.
-//! - `tls` is HTTPS: the TLS listener's settings and the certificate picked per handshake by
+//! - `server` binds the listen sockets and starts `h1`'s threads, which serve both listeners.
+//! - `h1` is HTTP/1.x, plain or over TLS, proxied by the router's own code on per-thread
+//!   runtimes (pingora's HTTP/1 path cost twice nginx's CPU per request); HTTP/2 connections
+//!   (h2c, and h2 by ALPN) go on to pingora's proxy on the same thread.
+//! - `proxy` is the request lifecycle for HTTP/2: which pingora `ProxyHttp` phases the router
+//!   overrides, and why.
+//! - `tls` is HTTPS: the TLS listener's handshakes and the certificate each picks by
 //!   SNI from the published [`CertTable`](slipway_core::tls::CertTable); `redirect` answers
 //!   plain HTTP for apps that enforce HTTPS.
 //! - `forwarded` holds the header rules (X-Forwarded-*, X-Request-Id, hop-by-hop fields) as plain

@@ -1,4 +1,4 @@
-//! HTTPS: the TLS listener's settings and the certificate it presents, picked per handshake by
+//! HTTPS: the TLS listener's handshakes and the certificate each presents, picked by
 //! the server name the client sends (SNI) from the controller's published
 //! [`CertTable`](slipway_core::tls::CertTable).
 //!
@@ -22,11 +22,12 @@ use async_trait::async_trait;
 use http::header::HeaderValue;
 use parking_lot::Mutex;
 use pingora::listeners::TlsAccept;
-use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::tls::TlsRef;
+use pingora::protocols::IO;
+use pingora::protocols::tls::server::handshake_with_callback;
+use pingora::protocols::tls::{SslStream, TlsRef};
 use pingora::tls::ext;
 use pingora::tls::pkey::{PKey, Private};
-use pingora::tls::ssl::NameType;
+use pingora::tls::ssl::{AlpnError, NameType, SslAcceptor, SslMethod, select_next_proto};
 use pingora::tls::x509::X509;
 use slipway_core::tls::{CertTable, Certs, TlsCert};
 
@@ -185,13 +186,40 @@ impl TlsListener {
     }
 }
 
-/// The TLS listener's settings: Mozilla's intermediate profile, certificates from `certs` by
-/// SNI, and ALPN offering HTTP/2 before HTTP/1.1.
-pub(crate) fn settings(certs: Certs) -> Result<TlsSettings, String> {
-    let mut settings =
-        TlsSettings::with_callbacks(Box::new(SniCerts::new(certs))).map_err(|e| e.to_string())?;
-    settings.enable_h2();
-    Ok(settings)
+/// The TLS listener's handshakes: Mozilla's intermediate profile, certificates from the
+/// published table by SNI, and ALPN offering HTTP/2 before HTTP/1.1.
+pub(crate) struct Acceptor {
+    ssl: SslAcceptor,
+    certs: SniCerts,
+}
+
+impl Acceptor {
+    pub(crate) fn new(certs: Certs) -> Result<Acceptor, String> {
+        let mut builder =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|e| e.to_string())?;
+        builder.set_alpn_select_callback(|_, offered| {
+            // A client that offers neither gets no ALPN answer and speaks HTTP/1.1.
+            select_next_proto(ALPN_PREFERENCE, offered).ok_or(AlpnError::NOACK)
+        });
+        Ok(Acceptor {
+            ssl: builder.build(),
+            certs: SniCerts::new(certs),
+        })
+    }
+
+    /// Runs the server side of the handshake on `io`, with the certificate for the name the
+    /// client asks for.
+    pub(crate) async fn accept<S: IO>(&self, io: S) -> pingora::Result<SslStream<S>> {
+        handshake_with_callback(&self.ssl, io, &self.certs).await
+    }
+}
+
+/// The protocols offered by ALPN, in order of preference, in its wire format.
+const ALPN_PREFERENCE: &[u8] = b"\x02h2\x08http/1.1";
+
+/// Whether the handshake on `stream` settled on HTTP/2.
+pub(crate) fn is_h2<S>(stream: &SslStream<S>) -> bool {
+    stream.ssl().selected_alpn_protocol() == Some(b"h2")
 }
 
 #[cfg(test)]

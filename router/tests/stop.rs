@@ -1,7 +1,5 @@
-//! Stopping the router, in a process of its own: pingora's thread-per-core runtimes find their
-//! handles through a table keyed by recycled thread ids, so a router started in the same process
-//! after another one stopped can be handed the stopped one's runtime (see `server.rs`).
-//! `slipway server` starts one router and stops it only on the way out.
+//! Stopping the router: the listener closes and the threads end. In a process of its own, as
+//! `slipway server` runs one router and stops it only on the way out.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

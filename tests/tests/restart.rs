@@ -79,9 +79,10 @@ fn a_restart_under_load_fails_no_request() {
         server.log()
     );
     assert!(ok > 20, "only {ok} requests");
-    // Some requests were held across the restart, not merely sent before and after it.
+    // Some requests were held across the restart, not merely sent before and after it: the
+    // slowest waited for most of it.
     assert!(
-        slowest > Duration::from_millis(500),
+        slowest * 2 > gap,
         "no request waited for the restart (slowest {slowest:?}, restart took {gap:?})"
     );
     // The new server is a working one: it deploys.

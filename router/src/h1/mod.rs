@@ -1,5 +1,5 @@
-//! The plain-HTTP listener: HTTP/1.x proxied by the router's own code, HTTP/2 (h2c) handed to
-//! pingora.
+//! The listeners: HTTP/1.x, plain or over TLS, proxied by the router's own code; HTTP/2 (h2c on
+//! the plain port, h2 by ALPN on the TLS port) handed to pingora.
 //!
 //! Why not pingora for HTTP/1 as well: measured with `../shared/bench/router.sh`, pingora's
 //! HTTP/1 path cost about twice nginx's CPU per request. Its accept loop hands each connection
@@ -9,9 +9,10 @@
 //! pools its own connections: a request costs a few syscalls, one pass over the head each way,
 //! and no allocation beyond a few small strings.
 //!
-//! The request lifecycle mirrors `proxy`'s phases for pingora (TLS and HTTP/2 still go there):
+//! The request lifecycle mirrors `proxy`'s phases for pingora (HTTP/2 goes there):
 //! the head is read ([`head::request`], 431 over the limit, 400 when malformed), the host is
-//! looked up in the current route table snapshot (404 `no_route`), then HTTPS redirect,
+//! looked up in the current route table snapshot (404 `no_route`), then HTTPS redirect (plain
+//! connections only),
 //! maintenance (503), the app's body limit by Content-Length (413), a backend picked by least
 //! connections (503 `no_backend`). A connect failure quarantines the instance and tries the
 //! next (502 `upstream_connect` when none is left); a connection reused from the pool that fails
@@ -40,9 +41,11 @@ use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
 use pingora::protocols::GetSocketDigest;
 use pingora::protocols::SocketDigest;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::SslStream;
 use pingora::proxy::HttpProxy;
 use slipway_core::routes::{AppRoute, Lease, Routes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Sleep, timeout};
@@ -51,11 +54,13 @@ use crate::RouterLimits;
 use crate::pages::{self, Failure};
 use crate::proxy::{ACCESS_LOG, Router};
 use crate::redirect;
-use crate::tls::TlsListener;
+use crate::tls::{self, TlsListener};
 use head::{ClientSide, Forwarding, Framing, HeadError};
 
 /// What an HTTP/2 client sends first, before anything else (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a TLS client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may keep an idle connection open, and may take over a request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often each thread closes the pooled connections that went stale.
@@ -73,16 +78,19 @@ pub(crate) struct Shared {
     pub(crate) limits: RouterLimits,
     /// The port the listener accepts on, sent as X-Forwarded-Port.
     pub(crate) port: u16,
-    /// The router's TLS listener, for the redirect to HTTPS.
+    /// The router's TLS listener, for the redirect to HTTPS and X-Forwarded-Port.
     pub(crate) tls: Option<TlsListener>,
-    /// Pingora's proxy, for h2c connections.
-    pub(crate) h2c: Arc<HttpProxy<Router>>,
+    /// The TLS listener's handshakes, when there is one.
+    pub(crate) acceptor: Option<tls::Acceptor>,
+    /// Pingora's proxy, for HTTP/2 connections (h2c, and h2 over TLS).
+    pub(crate) h2: Arc<HttpProxy<Router>>,
 }
 
-/// Starts `threads` threads that accept on `listener` and serve what they accept, until `stop`
-/// turns true; then each lets its connections finish for up to `grace`.
+/// Starts `threads` threads that accept on `listener` (and `tls_listener`) and serve what they
+/// accept, until `stop` turns true; then each lets its connections finish for up to `grace`.
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     threads: usize,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -90,7 +98,10 @@ pub(crate) fn spawn(
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(threads);
     for n in 0..threads {
-        let listener = listener.try_clone()?;
+        let listeners = Listeners {
+            plain: listener.try_clone()?,
+            tls: tls_listener.as_ref().map(|l| l.try_clone()).transpose()?,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -99,7 +110,7 @@ pub(crate) fn spawn(
         let handle = thread::Builder::new()
             .name(format!("slipway-http-{n}"))
             .spawn(move || {
-                runtime.block_on(accept_loop(listener, shared, stop, grace));
+                runtime.block_on(accept_loop(listeners, shared, stop, grace));
                 // Dropping the runtime cancels the connections still open after the grace.
             })?;
         handles.push(handle);
@@ -107,14 +118,24 @@ pub(crate) fn spawn(
     Ok(handles)
 }
 
+/// One thread's handles on the listen sockets.
+struct Listeners {
+    plain: std::net::TcpListener,
+    tls: Option<std::net::TcpListener>,
+}
+
 async fn accept_loop(
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
+    let adopted = TcpListener::from_std(listeners.plain).and_then(|plain| {
+        let tls = listeners.tls.map(TcpListener::from_std).transpose()?;
+        Ok((plain, tls))
+    });
+    let (listener, tls_listener) = match adopted {
+        Ok(adopted) => adopted,
         Err(e) => {
             tracing::error!(code = "router_listen", error = %e, "route: cannot accept");
             return;
@@ -131,10 +152,11 @@ async fn accept_loop(
     let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, over_tls) = tokio::select! {
             biased;
             () = &mut stopping => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_on(tls_listener.as_ref()) => (accepted, true),
         };
         match accepted {
             Ok((client, peer)) => {
@@ -142,7 +164,11 @@ async fn accept_loop(
                 let stop = stop.clone();
                 let open = open_tx.clone();
                 tokio::spawn(async move {
-                    connection(client, peer, &shared, stop).await;
+                    if over_tls {
+                        tls_connection(client, peer, &shared, stop).await;
+                    } else {
+                        connection(client, peer, &shared, stop).await;
+                    }
                     drop(open);
                 });
             }
@@ -154,6 +180,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    drop(tls_listener);
     drop(open_tx);
     let _ = timeout(grace, open_rx.recv()).await;
 }
@@ -165,8 +192,24 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Serves one client connection: HTTP/2 with prior knowledge goes to pingora, anything else is
-/// HTTP/1.x served here.
+/// The next connection on `listener`; never, when there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `client` as pingora's stream, with the socket details its proxy logs and reads.
+fn l4_stream(client: TcpStream) -> L4Stream {
+    let fd = client.as_raw_fd();
+    let mut stream = L4Stream::from(client);
+    stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    stream
+}
+
+/// Serves one plain client connection: HTTP/2 with prior knowledge goes to pingora, anything
+/// else is HTTP/1.x served here.
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
@@ -176,24 +219,82 @@ async fn connection(
     let _ = client.set_nodelay(true);
     match sniff(&client).await {
         Some(true) => {
-            let fd = client.as_raw_fd();
-            let mut stream = pingora::protocols::l4::stream::Stream::from(client);
-            stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
-            ServerApp::process_new(&shared.h2c, Box::new(stream), &stop).await;
+            ServerApp::process_new(&shared.h2, Box::new(l4_stream(client)), &stop).await;
         }
-        Some(false) => {
-            let mut conn = Conn {
-                client,
-                peer: peer.ip(),
-                buf: BytesMut::with_capacity(8 * 1024),
-                ubuf: BytesMut::new(),
-                out: Vec::with_capacity(2 * 1024),
-                timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
-                stopping: Box::pin(stopped(stop.clone())),
-            };
-            while conn.serve_one(shared).await == Next::KeepAlive && !*stop.borrow() {}
-        }
+        Some(false) => serve_h1(client, peer, shared.port, false, shared, &stop).await,
         None => {}
+    }
+}
+
+/// Serves one TLS client connection: the handshake, then HTTP/2 (by ALPN) by pingora, else
+/// HTTP/1.x here.
+async fn tls_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let (Some(acceptor), Some(listener)) = (&shared.acceptor, &shared.tls) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let stream = match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(l4_stream(client))).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(code = "tls_handshake", client = %peer.ip(), error = %e, "route: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(code = "tls_handshake", client = %peer.ip(), "route: TLS handshake timed out");
+            return;
+        }
+    };
+    if tls::is_h2(&stream) {
+        ServerApp::process_new(&shared.h2, Box::new(stream), &stop).await;
+    } else {
+        serve_h1(stream, peer, listener.port, true, shared, &stop).await;
+    }
+}
+
+/// Serves HTTP/1.x requests on `client` until either side closes or the router stops.
+async fn serve_h1<S: ClientIo>(
+    client: S,
+    peer: SocketAddr,
+    port: u16,
+    https: bool,
+    shared: &Shared,
+    stop: &watch::Receiver<bool>,
+) {
+    let mut conn = Conn {
+        client,
+        peer: peer.ip(),
+        port,
+        https,
+        buf: BytesMut::with_capacity(8 * 1024),
+        ubuf: BytesMut::new(),
+        out: Vec::with_capacity(2 * 1024),
+        timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
+        stopping: Box::pin(stopped(stop.clone())),
+    };
+    while conn.serve_one(shared).await == Next::KeepAlive && !*stop.borrow() {}
+}
+
+/// A client connection: TCP, or TLS over it.
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Writes what the socket takes without waiting; `WouldBlock` when it takes nothing now or
+    /// cannot tell.
+    fn try_write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
+}
+
+impl ClientIo for TcpStream {
+    fn try_write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.try_write(bytes)
+    }
+}
+
+impl ClientIo for SslStream<L4Stream> {
+    fn try_write_now(&self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
 
@@ -235,9 +336,13 @@ enum Fault {
 }
 
 /// One client connection and its buffers.
-struct Conn {
-    client: TcpStream,
+struct Conn<S> {
+    client: S,
     peer: IpAddr,
+    /// The port the client connected to, sent as X-Forwarded-Port.
+    port: u16,
+    /// Whether the client connected over TLS.
+    https: bool,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes read from the app and not yet used.
@@ -301,7 +406,7 @@ impl Record<'_> {
     }
 }
 
-impl Conn {
+impl<S: ClientIo> Conn<S> {
     /// Reads one request and answers it.
     async fn serve_one(&mut self, shared: &Shared) -> Next {
         let limits = &shared.limits;
@@ -311,8 +416,8 @@ impl Conn {
                 *received.get_or_insert_with(|| (Instant::now(), SystemTime::now()));
             let fwd = Forwarding {
                 client: Some(self.peer),
-                proto: "http",
-                port: shared.port,
+                proto: if self.https { "https" } else { "http" },
+                port: self.port,
                 start_ms: at
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
@@ -374,7 +479,8 @@ impl Conn {
             );
             return self.page(Failure::HeadersTooLarge, &mut record).await;
         }
-        if let Some(tls) = &shared.tls
+        if !self.https
+            && let Some(tls) = &shared.tls
             && route.https_enforced
             && tls.serves(&req.host)
         {
@@ -1011,10 +1117,10 @@ impl BodyState {
 async fn write_within(
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
-    stream: &mut TcpStream,
+    stream: &mut impl ClientIo,
     bytes: &[u8],
 ) -> std::io::Result<()> {
-    let written = match stream.try_write(bytes) {
+    let written = match stream.try_write_now(bytes) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
@@ -1030,7 +1136,10 @@ async fn write_within(
 }
 
 /// Reads what the socket has into the spare room of `buf`, making room first.
-async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_into(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
