@@ -1,19 +1,23 @@
 //! The build step for an app with a `Dockerfile` at its root: the pushed source is the build
 //! context, the Docker Engine builds it (with the build limits and timeout, and only the base
-//! images the engine already has), and the image is pushed to Slipway's registry as
-//! `apps/<app>:<commit>`, the repository buildpack builds use, so the release names it by digest.
+//! images the engine already has or can pull without a login), and the image is pushed to
+//! Slipway's registry as `apps/<app>:<commit>`, the repository buildpack builds use, so the
+//! release names it by digest. Before the engine sees the Dockerfile, every image it names must
+//! pass [`base_images::check`] and the pusher's access to the apps whose images it names: the
+//! engine holds every deployed app's image and would build on it without asking anyone.
 //!
-//! What this module does not do: pass config vars as build arguments. The builder sees no config
-//! (the `Releases` port does not carry it), so a Dockerfile's `ARG`s keep their defaults.
+//! Config vars become build args only when the config var [`BUILD_ARGS_VAR`] names them.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use slipway_core::{AppName, ProcessTypes};
+use slipway_core::ports::AppAccess;
+use slipway_core::{AppName, Fingerprint, ProcessTypes, UserName};
 use slipway_runtime::{Archive, ImageBuild, LABEL_INSTANCE, RegistryAuth};
 use tokio::sync::mpsc;
 
+use crate::base_images::{self, Refusal};
 use crate::hook::Push;
 use crate::{BuildError, Shared};
 
@@ -46,8 +50,10 @@ fn build_args(config: &slipway_core::Config) -> HashMap<String, String> {
 pub(crate) async fn build(
     shared: &Arc<Shared>,
     app: &AppName,
+    pusher: (&UserName, &Fingerprint),
     push: &mut Push,
     context: &Path,
+    dockerfile: &str,
     procfile: &ProcessTypes,
 ) -> Result<String, BuildError> {
     push.reporter
@@ -59,11 +65,13 @@ pub(crate) async fn build(
         .build_config(app)
         .await
         .map_err(|e| BuildError::Build(e.to_string()))?;
+    let build_args = build_args(&config);
+    may_use_images(shared, app, pusher, dockerfile, &build_args).await?;
     let build = ImageBuild {
         // Streamed from disk to the engine: the context is as large as the push.
         context: Archive::File(context.to_owned()),
         tag: tag.clone(),
-        build_args: build_args(&config),
+        build_args,
         labels: HashMap::from([
             (LABEL_INSTANCE.to_owned(), shared.config.instance_id.clone()),
             ("slipway.build".to_owned(), app.to_string()),
@@ -112,6 +120,46 @@ pub(crate) async fn build(
         .line(&format!("-----> Process types: {processes}"))
         .await;
     Ok(image)
+}
+
+/// Refuses the build unless every image `dockerfile` names is one the pusher may read: public
+/// images, stack images, and the images of apps the pusher has access to (with a deploy key,
+/// only its own app's). The engine holds every deployed app's image, so this is decided before
+/// it sees the Dockerfile, and nothing is pulled for a refused one.
+async fn may_use_images(
+    shared: &Shared,
+    app: &AppName,
+    (user, key): (&UserName, &Fingerprint),
+    dockerfile: &str,
+    build_args: &HashMap<String, String>,
+) -> Result<(), BuildError> {
+    let refused = |r: Refusal| BuildError::Build(r.to_string());
+    let images = base_images::check(dockerfile, build_args, &shared.config.registry_addr)
+        .map_err(refused)?;
+    let failed = |e: slipway_core::ports::PortError| BuildError::Build(e.to_string());
+    let mut deploy_key = None;
+    if images.iter().any(|i| i.app != *app) {
+        deploy_key = shared
+            .identity
+            .key_owner(key)
+            .await
+            .map_err(failed)?
+            .and_then(|owner| owner.app);
+    }
+    for image in &images {
+        let allowed = image.app == *app
+            || (deploy_key.is_none()
+                && shared
+                    .identity
+                    .app_access(user, &image.app)
+                    .await
+                    .map_err(failed)?
+                    == AppAccess::Allowed);
+        if !allowed {
+            return Err(refused(Refusal::no_access(image)));
+        }
+    }
+    Ok(())
 }
 
 /// Sends the engine's output to the pusher as it comes, indented under the pipeline's lines.

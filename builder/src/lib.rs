@@ -4,12 +4,14 @@
 //! verified key), runs git's own receive-pack/upload-pack on the app's bare repository, and for
 //! a push hands the commit from the pre-receive [`hook`] to the [`pipeline`]: receive → detect →
 //! build → export → release → deploy. [`export`] writes the image straight to the registry; an
-//! app with a `Dockerfile` at its root is built and pushed by the engine instead (`dockerfile`).
+//! app with a `Dockerfile` at its root is built and pushed by the engine instead (`dockerfile`),
+//! once `base_images` has found no image in it that the pusher may not read.
 //!
 //! Invariants: no path is built from a name that was not validated as an [`AppName`]; git gets
 //! no environment from the client except `GIT_PROTOCOL`; the builder asks the controller only
 //! through the ports in `slipway_core::ports` and never touches its database.
 
+mod base_images;
 mod cache;
 mod dockerfile;
 pub mod export;

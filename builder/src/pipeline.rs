@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,8 +89,21 @@ async fn build(
     };
 
     // build: a Dockerfile at the root builds through the Docker Engine instead of buildpacks.
-    if source.dockerfile {
-        let image = dockerfile::build(shared, app, push, source.tar.path(), &procfile).await?;
+    if let Some(found) = source.dockerfile.clone() {
+        let tar = source.tar.path().to_owned();
+        let text = tokio::task::spawn_blocking(move || read_dockerfile(&tar, found))
+            .await
+            .map_err(|e| BuildError::Receive(e.to_string()))??;
+        let image = dockerfile::build(
+            shared,
+            app,
+            (user, key),
+            push,
+            source.tar.path(),
+            &text,
+            &procfile,
+        )
+        .await?;
         let built = BuiltImage {
             app: app.clone(),
             image,
@@ -357,12 +370,124 @@ struct Source {
     tar: tempfile::NamedTempFile,
     /// The Procfile's text, if there is one at the root.
     procfile: Option<String>,
-    /// Whether there is a `Dockerfile` at the root.
-    dockerfile: bool,
+    /// The `Dockerfile` at the root, if there is one.
+    dockerfile: Option<Dockerfile>,
+}
+
+/// The root `Dockerfile` as the archive holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dockerfile {
+    /// A file, and its text.
+    Text(String),
+    /// A symbolic link, and where it points.
+    Link(PathBuf),
 }
 
 /// The largest Procfile read: a few lines of commands, never the size of a push.
 const PROCFILE_MAX: u64 = 64 * 1024;
+
+/// The largest Dockerfile read, to check the images it names before the engine sees it.
+const DOCKERFILE_MAX: u64 = 1024 * 1024;
+
+/// How many symbolic links a `Dockerfile` is followed through.
+const DOCKERFILE_LINKS: usize = 8;
+
+/// The bytes of a file entry that must be small enough to read, or why not.
+fn small_file(
+    entry: &mut impl Read,
+    size: u64,
+    name: &str,
+    max: u64,
+) -> Result<Vec<u8>, BuildError> {
+    if size > max {
+        return Err(BuildError::Receive(format!(
+            "the {name} is larger than {} KiB",
+            max / 1024
+        )));
+    }
+    let mut data = Vec::new();
+    entry
+        .read_to_end(&mut data)
+        .map_err(|e| BuildError::Receive(format!("reading the {name}: {e}")))?;
+    Ok(data)
+}
+
+/// The text the engine builds from for `found`: the file itself, or the file its links lead to
+/// inside the source (an absolute target starts at its root, as the engine keeps it inside). A
+/// link that leads nowhere is refused: the engine would then build from another file. So is a
+/// `..` in a link, or a linked directory on the way: the engine resolves those against links this
+/// does not follow.
+fn read_dockerfile(tar_path: &Path, found: Dockerfile) -> Result<String, BuildError> {
+    let mut link = match found {
+        Dockerfile::Text(text) => return Ok(text),
+        Dockerfile::Link(target) => (PathBuf::from(dockerfile::DOCKERFILE), target),
+    };
+    let err = |e: std::io::Error| BuildError::Receive(format!("reading the pushed source: {e}"));
+    for _ in 0..DOCKERFILE_LINKS {
+        let (from, target) = &link;
+        if target
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            break;
+        }
+        let wanted = in_scope(from.parent().unwrap_or(Path::new("")), target);
+        let mut archive = tar::Archive::new(std::io::BufReader::new(
+            std::fs::File::open(tar_path).map_err(err)?,
+        ));
+        let mut next = None;
+        for entry in archive.entries().map_err(err)? {
+            let mut entry = entry.map_err(err)?;
+            if in_scope(Path::new(""), &entry.path().map_err(err)?) != wanted {
+                continue;
+            }
+            let kind = entry.header().entry_type();
+            next = if kind.is_file() {
+                let size = entry.header().size().map_err(err)?;
+                let data = small_file(&mut entry, size, "Dockerfile", DOCKERFILE_MAX)?;
+                Some(Dockerfile::Text(
+                    String::from_utf8_lossy(&data).into_owned(),
+                ))
+            } else if kind.is_symlink() {
+                let target = entry.link_name().map_err(err)?.unwrap_or_default();
+                Some(Dockerfile::Link(target.into_owned()))
+            } else {
+                None
+            };
+        }
+        match next {
+            Some(Dockerfile::Text(text)) => return Ok(text),
+            Some(Dockerfile::Link(target)) => link = (wanted, target),
+            None => break,
+        }
+    }
+    Err(BuildError::Receive(
+        "the Dockerfile is a symbolic link that Slipway cannot follow to a file in the source; make it a file"
+            .into(),
+    ))
+}
+
+/// `target`, seen from directory `dir` of the source, as a plain relative path inside the source:
+/// an absolute path starts at its root, and `..` (in an entry's own path) stops there.
+fn in_scope(dir: &Path, target: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    let start = if target.is_absolute() {
+        Path::new("")
+    } else {
+        dir
+    };
+    for part in start.components().chain(target.components()) {
+        match part {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
 
 /// Rewrites the `git archive` tar at `original` into a file in `scratch` so every entry belongs
 /// to the stack user (1000:1000), entry by entry from disk to disk: a push of any size passes
@@ -373,7 +498,7 @@ fn own_source(original: &Path, scratch: &Path) -> Result<Source, BuildError> {
     let mut archive = tar::Archive::new(input);
     let tar = tempfile::NamedTempFile::new_in(scratch).map_err(err)?;
     let mut out = tar::Builder::new(std::io::BufWriter::new(tar.reopen().map_err(err)?));
-    let (mut procfile, mut dockerfile) = (None, false);
+    let (mut procfile, mut dockerfile) = (None, None);
     for entry in archive.entries().map_err(err)? {
         let mut entry = entry.map_err(err)?;
         let mut header = entry.header().clone();
@@ -387,28 +512,32 @@ fn own_source(original: &Path, scratch: &Path) -> Result<Source, BuildError> {
         let path = entry.path().map_err(err)?.into_owned();
         header.set_uid(1000);
         header.set_gid(1000);
-        if path == Path::new(dockerfile::DOCKERFILE) && (kind.is_file() || kind.is_symlink()) {
-            dockerfile = true;
-        }
+        let is_dockerfile = path == Path::new(dockerfile::DOCKERFILE);
         if kind == tar::EntryType::Symlink {
             let target = entry
                 .link_name()
                 .map_err(err)?
                 .unwrap_or_default()
                 .into_owned();
-            out.append_link(&mut header, &path, target).map_err(err)?;
-        } else if path == Path::new("Procfile") && kind.is_file() {
-            if header.size().map_err(err)? > PROCFILE_MAX {
-                return Err(BuildError::Receive(format!(
-                    "the Procfile is larger than {} KiB",
-                    PROCFILE_MAX / 1024
-                )));
+            if is_dockerfile {
+                dockerfile = Some(Dockerfile::Link(target.clone()));
             }
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(err)?;
-            procfile = Some(String::from_utf8_lossy(&data).into_owned());
+            out.append_link(&mut header, &path, target).map_err(err)?;
+        } else if (path == Path::new("Procfile") || is_dockerfile) && kind.is_file() {
+            let size = header.size().map_err(err)?;
+            let data = if is_dockerfile {
+                small_file(&mut entry, size, "Dockerfile", DOCKERFILE_MAX)?
+            } else {
+                small_file(&mut entry, size, "Procfile", PROCFILE_MAX)?
+            };
             out.append_data(&mut header, &path, data.as_slice())
                 .map_err(err)?;
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if is_dockerfile {
+                dockerfile = Some(Dockerfile::Text(text));
+            } else {
+                procfile = Some(text);
+            }
         } else {
             out.append_data(&mut header, &path, &mut entry)
                 .map_err(err)?;
@@ -438,7 +567,7 @@ fn unpack(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
 
 #[cfg(test)]
 mod tests {
-    use super::own_source;
+    use super::{Dockerfile, own_source, read_dockerfile};
     use std::path::Path;
 
     /// A `git archive`-like tar of `files` (a `->` in the data makes a symlink), owned by root.
@@ -475,7 +604,7 @@ mod tests {
             ("link", "-> big.bin"),
         ]);
         assert_eq!(source.procfile.as_deref(), Some("web: ./run\n"));
-        assert!(!source.dockerfile);
+        assert!(source.dockerfile.is_none());
         let mut tar = tar::Archive::new(std::fs::File::open(source.tar.path()).unwrap());
         let mut seen = Vec::new();
         for entry in tar.entries().unwrap() {
@@ -498,17 +627,78 @@ mod tests {
 
     #[test]
     fn dockerfile_only_at_the_root() {
-        assert!(owned(&[("app.py", ""), ("Dockerfile", "FROM scratch\n")]).dockerfile);
-        assert!(!owned(&[("docker/Dockerfile", "FROM scratch\n"), ("Procfile", "")]).dockerfile);
-        assert!(!owned(&[("dockerfile", "FROM scratch\n")]).dockerfile);
+        assert_eq!(
+            owned(&[("app.py", ""), ("Dockerfile", "FROM scratch\n")]).dockerfile,
+            Some(Dockerfile::Text("FROM scratch\n".into()))
+        );
+        assert!(
+            owned(&[("docker/Dockerfile", "FROM scratch\n"), ("Procfile", "")])
+                .dockerfile
+                .is_none()
+        );
+        assert!(
+            owned(&[("dockerfile", "FROM scratch\n")])
+                .dockerfile
+                .is_none()
+        );
+    }
+
+    /// The text the engine would build from, for a source of `files`.
+    fn dockerfile_text(files: &[(&str, &str)]) -> Result<String, String> {
+        let source = owned(files);
+        let found = source.dockerfile.clone().expect("a Dockerfile");
+        read_dockerfile(source.tar.path(), found).map_err(|e| e.to_string())
     }
 
     #[test]
-    fn a_huge_procfile_is_refused() {
-        let huge = "web: x\n".repeat(20_000);
-        let err = own_source(archive(&[("Procfile", &huge)]).path(), Path::new("/tmp"))
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("Procfile is larger"), "{err}");
+    fn a_linked_dockerfile_is_read_where_the_engine_reads_it() {
+        let real = "FROM debian\n";
+        // Through links, relative and absolute, with `..` kept inside the source.
+        for files in [
+            vec![("Dockerfile", "-> docker/real"), ("docker/real", real)],
+            vec![("docker/real", real), ("Dockerfile", "-> /docker/real")],
+            vec![
+                ("Dockerfile", "-> ./docker/link"),
+                ("docker/link", "-> real"),
+                ("docker/real", real),
+            ],
+        ] {
+            assert_eq!(dockerfile_text(&files).as_deref(), Ok(real), "{files:?}");
+        }
+        // A link that leads nowhere (the engine would then read `dockerfile`), or round in
+        // circles, is refused.
+        for files in [
+            vec![("Dockerfile", "-> missing"), ("dockerfile", real)],
+            vec![("Dockerfile", "-> a"), ("a", "-> Dockerfile")],
+            // Through `..`, a linked directory would take the engine elsewhere.
+            vec![
+                ("Dockerfile", "-> d/../real"),
+                ("d", "-> x/y"),
+                ("real", real),
+            ],
+            vec![("Dockerfile", "-> d/real"), ("d", "-> x"), ("x/real", real)],
+        ] {
+            let err = dockerfile_text(&files).unwrap_err();
+            assert!(
+                err.contains("symbolic link that Slipway cannot follow"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_procfile_or_dockerfile_is_refused() {
+        for (name, huge) in [
+            ("Procfile", "web: x\n".repeat(20_000)),
+            ("Dockerfile", "RUN true\n".repeat(120_000)),
+        ] {
+            let err = own_source(archive(&[(name, &huge)]).path(), Path::new("/tmp"))
+                .err()
+                .unwrap();
+            assert!(
+                err.to_string().contains(&format!("{name} is larger")),
+                "{err}"
+            );
+        }
     }
 }

@@ -1,11 +1,15 @@
 //! Build limits and base images: a build over its memory limit is stopped and the push rejected
 //! with why, while the running release keeps serving; bad limits stop the server at startup; a
-//! Dockerfile build never pulls with the server's own (admin) login.
+//! Dockerfile build never pulls with the server's own (admin) login, and never builds on the
+//! image of an app its pusher has no access to, though the engine holds that image.
 
 use std::process::Command;
 use std::time::Duration;
 
-use slipway_tests::{Server, add_app_buildpack, commit_all, run, slipway_bin, text};
+use slipway_tests::{
+    Server, add_app_buildpack, assert_remote_lines, commit_all, git_repo, repo_root, run,
+    slipway_bin, text,
+};
 
 /// A buildpack, brought by the app, whose build holds 512 MiB.
 const HOG_BUILD: &str = "#!/bin/sh
@@ -93,4 +97,95 @@ fn a_dockerfile_build_never_pulls_with_the_servers_login() {
         "{out}"
     );
     assert!(!inspect().status.success(), "{base} was pulled");
+}
+
+#[test]
+fn a_dockerfile_cannot_build_on_an_app_its_pusher_has_no_access_to() {
+    let server = Server::start();
+    server.push_stacks();
+    let fixture = repo_root().join("tests/fixtures/dockerfile-app");
+    // A user with an app, its key, and a repository of the Dockerfile fixture for it.
+    let user_app = |user: &str, app: &str| {
+        let token = server.add_user(user);
+        let key = server.keygen(&format!("{user}-key"));
+        let env = [("SLIPWAY_TOKEN", token.as_str())];
+        for args in [
+            &["keys:add", key.with_extension("pub").to_str().unwrap()][..],
+            &["apps:create", app],
+        ] {
+            let out = server.cli_env(args, &env);
+            assert!(out.status.success(), "{args:?}: {}", text(&out));
+        }
+        (token, key, git_repo(server.dir.path(), app, &fixture))
+    };
+
+    // Alice deploys her app from its Dockerfile: the engine now holds its image, by its tag.
+    let (alice, alice_key, alice_repo) = user_app("alice", "secret");
+    let push = server.git_push(&alice_repo, &alice_key, "secret");
+    assert!(push.status.success(), "{}\n{}", text(&push), server.log());
+    let commit = run(Command::new("git")
+        .current_dir(&alice_repo)
+        .args(["rev-parse", "HEAD"]));
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_owned();
+    let image = format!("127.0.0.1:{}/apps/secret:{commit}", server.registry);
+    let local =
+        run(Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", &image]));
+    assert!(
+        local.status.success(),
+        "the engine lacks {image}: {}",
+        text(&local)
+    );
+
+    // Bob's Dockerfile builds on it: refused in one line before the engine builds anything.
+    let (_, bob_key, bob_repo) = user_app("bob", "thief");
+    std::fs::write(
+        bob_repo.join("Dockerfile"),
+        format!("FROM {image}\nCMD [\"python3\", \"/app/server.py\"]\n"),
+    )
+    .unwrap();
+    commit_all(&bob_repo, "build on alice's app");
+    let push = server.git_push(&bob_repo, &bob_key, "thief");
+    let out = text(&push);
+    assert!(!push.status.success(), "{out}");
+    assert_remote_lines(
+        &out,
+        &[
+            &format!(
+                " !     build: Dockerfile line 1: FROM {image} is an image in Slipway's registry \
+                 that this push may not use; build on a stacks/ image, an app you have access \
+                 to, or a public image"
+            ),
+            " !     Push rejected; the running release is unchanged.",
+        ],
+    );
+    assert!(!out.contains("Step 1/"), "the engine built it:\n{out}");
+    assert_eq!(
+        server.http_get("secret").0,
+        200,
+        "alice's app stopped serving"
+    );
+    let releases = server.cli_ok(&["releases", "-a", "thief"]);
+    assert!(!releases.contains("v1"), "{releases}");
+    assert!(
+        run(Command::new("docker").args(["image", "inspect", &image]))
+            .status
+            .success(),
+        "{image} went away"
+    );
+
+    // Once alice makes bob a collaborator, the same push builds on her image.
+    let out = server.cli_env(
+        &["access:add", "bob", "-a", "secret"],
+        &[("SLIPWAY_TOKEN", alice.as_str())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let push = server.git_push(&bob_repo, &bob_key, "thief");
+    let out = text(&push);
+    assert!(push.status.success(), "{out}\n{}", server.log());
+    assert!(out.contains(&format!("Step 1/4 : FROM {image}")), "{out}");
+    server.wait_for_body(
+        "thief",
+        "docker hello from thief v1",
+        Duration::from_secs(60),
+    );
 }
