@@ -14,7 +14,8 @@
 //! The parse follows the engine's: parser directives (`# escape=`), comments, line
 //! continuations (comment and blank lines inside them skipped), case-insensitive instructions,
 //! flags before the arguments, `ARG`s before the first `FROM` (with build args overriding their
-//! defaults) expanded in `FROM`, and references to earlier stages by name or index. Where the
+//! defaults) expanded in `FROM`, and references to earlier stages (by name in `FROM`, by name or
+//! index in `--from`: the engine takes a number in `FROM` for an image id). Where the
 //! engine's reading could differ from this one (heredocs, which newer parsers have and this one
 //! does not; an escape directive an older parser ignores), the check reads it every way: every
 //! physical line is also tried as the start of an instruction, and every escape character named
@@ -143,14 +144,14 @@ pub(crate) fn check(
             line: line + 1,
             what: format!("# syntax={}", shown(value)),
         };
-        found.image(value, &[], named)?;
+        found.image(value, Stages::NONE, named)?;
     }
     if let Some(value) = build_args.get("BUILDKIT_SYNTAX") {
         let named = Named {
             line: 1,
             what: format!("build arg BUILDKIT_SYNTAX={}", shown(value)),
         };
-        found.image(value, &[], named)?;
+        found.image(value, Stages::NONE, named)?;
     }
     for escape in directives.escapes {
         found.scan(&lines, escape, build_args)?;
@@ -281,7 +282,10 @@ impl Found<'_> {
                 }
                 _ => {
                     // Only stages before this one are done; the current one is not a source.
-                    let earlier = &stages[..stages.len().saturating_sub(1)];
+                    let earlier = Stages {
+                        names: &stages[..stages.len().saturating_sub(1)],
+                        by_index: true,
+                    };
                     self.flags(&ins, earlier, line)?;
                     if ins.command == "onbuild" {
                         self.onbuild(&ins, line)?;
@@ -313,7 +317,7 @@ impl Found<'_> {
                     match ins.command.as_str() {
                         "from" => self.from(&ins, escape, &args, &[], i + 1)?,
                         "onbuild" => self.onbuild(&ins, i + 1)?,
-                        _ => self.flags(&ins, &[], i + 1)?,
+                        _ => self.flags(&ins, Stages::NONE, i + 1)?,
                     }
                 }
             }
@@ -339,6 +343,10 @@ impl Found<'_> {
         stages: &[Option<String>],
         line: usize,
     ) -> Result<(), Refusal> {
+        let stages = Stages {
+            names: stages,
+            by_index: false,
+        };
         self.flags(ins, stages, line)?;
         let Some(word) = ins.rest.split(is_blank).find(|w| !w.is_empty()) else {
             // The engine refuses a FROM without an image.
@@ -356,12 +364,7 @@ impl Found<'_> {
     }
 
     /// The flags that name images: `--from=<image>` and `--mount=...,from=<image>`.
-    fn flags(
-        &mut self,
-        ins: &Instruction,
-        stages: &[Option<String>],
-        line: usize,
-    ) -> Result<(), Refusal> {
+    fn flags(&mut self, ins: &Instruction, stages: Stages, line: usize) -> Result<(), Refusal> {
         let keyword = ins.command.to_ascii_uppercase();
         for flag in &ins.flags {
             let Some((name, value)) = flag.strip_prefix("--").and_then(|f| f.split_once('='))
@@ -394,7 +397,7 @@ impl Found<'_> {
     /// nothing, so its images are checked as images.
     fn onbuild(&mut self, ins: &Instruction, line: usize) -> Result<(), Refusal> {
         let inner = Instruction::parse(&ins.rest);
-        self.flags(&inner, &[], line)?;
+        self.flags(&inner, Stages::NONE, line)?;
         if inner.command == "from"
             && let Some(word) = inner.rest.split(is_blank).find(|w| !w.is_empty())
         {
@@ -408,18 +411,13 @@ impl Found<'_> {
                     why: Why::Unresolved("a variable in ONBUILD".into()),
                 });
             }
-            self.image(word, &[], named)?;
+            self.image(word, Stages::NONE, named)?;
         }
         Ok(())
     }
 
     /// Judges one image value (already expanded), where `stages` are the stages it may name.
-    fn image(
-        &mut self,
-        value: &str,
-        stages: &[Option<String>],
-        named: Named,
-    ) -> Result<(), Refusal> {
+    fn image(&mut self, value: &str, stages: Stages, named: Named) -> Result<(), Refusal> {
         match judge(value, stages, self.registry) {
             Verdict::Allowed => Ok(()),
             Verdict::App(app) => {
@@ -860,16 +858,34 @@ fn split_port(domain: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// The earlier stages an image value may name instead of an image.
+#[derive(Clone, Copy)]
+struct Stages<'a> {
+    /// Each stage's name (lower-case), in order; `None` for an unnamed one.
+    names: &'a [Option<String>],
+    /// Whether a number names a stage by its index: in `--from`, but not in `FROM`, where the
+    /// engine looks it up as an image (and so as an id prefix).
+    by_index: bool,
+}
+
+impl Stages<'_> {
+    /// No stages: for a trigger or a directive, which run outside this file's stages.
+    const NONE: Stages<'static> = Stages {
+        names: &[],
+        by_index: false,
+    };
+}
+
 /// Judges an expanded image value; `stages` are the earlier stages it may name.
-fn judge(value: &str, stages: &[Option<String>], registry: &Registry) -> Verdict {
+fn judge(value: &str, stages: Stages, registry: &Registry) -> Verdict {
     let lower = value.to_lowercase();
     if value.is_empty() || value == "scratch" {
         return Verdict::Allowed;
     }
-    if stages.iter().flatten().any(|s| *s == lower) {
+    if stages.names.iter().flatten().any(|s| *s == lower) {
         return Verdict::Allowed;
     }
-    if lower.parse::<usize>().is_ok_and(|i| i < stages.len()) {
+    if stages.by_index && lower.parse::<usize>().is_ok_and(|i| i < stages.names.len()) {
         return Verdict::Allowed;
     }
     // The engine looks a name up as an image id (or a prefix of one) when no tag matches it.
@@ -1090,7 +1106,8 @@ mod tests {
                 "ok",
             ),
             ("FROM debian AS abc\nFROM abc\n", "ok"),
-            ("FROM debian AS a\nFROM 0\n", "ok"),
+            // In FROM, a number is never a stage: the engine looks it up as an image id.
+            ("FROM debian AS a\nFROM 0\n", "line 2: id"),
             ("FROM debian AS a\nFROM 1\n", "line 2: id"),
         ]);
     }
