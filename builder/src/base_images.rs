@@ -935,11 +935,12 @@ fn judge(value: &str, stages: Stages, registry: &Registry) -> Verdict {
 /// Whether `host` (lower-case) reaches this machine: a loopback or unspecified address in any
 /// spelling the engine could resolve, `localhost` and its subdomains, or the registry's own host.
 fn on_this_machine(host: &str, registry: &Registry) -> bool {
-    if host == registry.host || host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
+    // A name may end in the root's dot: `localhost.` is `localhost`.
     let host = host.trim_end_matches('.');
-    if host == "localhost" || host.ends_with(".localhost") {
+    if host == registry.host.trim_end_matches('.')
+        || host == "localhost"
+        || host.ends_with(".localhost")
+    {
         return true;
     }
     match host.parse::<IpAddr>() {
