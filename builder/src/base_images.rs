@@ -21,7 +21,8 @@
 //! physical line is also tried as the start of an instruction, and every escape character named
 //! is tried. Reading more than the engine does can refuse a strange Dockerfile; reading less
 //! could let an image through, so it never does. What cannot be resolved before the build (a
-//! variable the check cannot evaluate) is refused.
+//! variable the check cannot evaluate, or one that expands too long or nests too deep to
+//! evaluate cheaply) is refused.
 //!
 //! What this module does not do: IO, or the access question itself (it has no identity).
 
@@ -109,8 +110,9 @@ impl fmt::Display for Refusal {
             ),
             Why::Unresolved(why) => write!(
                 f,
-                "{} cannot be resolved before the build ({why}); write the image name out",
-                self.named
+                "{} cannot be resolved before the build ({}); write the image name out",
+                self.named,
+                shown(why)
             ),
         }
     }
@@ -216,6 +218,15 @@ const COMMAND_MAX: usize = 16;
 /// add up to.
 const EXTRA_TEXT_MAX: usize = 4 << 20;
 
+/// The longest value an expansion may make: far more than any image name.
+const VALUE_MAX: usize = 4096;
+
+/// How deeply `${A:-${B:-...}}` may nest.
+const NESTING_MAX: usize = 8;
+
+/// The most bytes the global args' expanded defaults may add up to.
+const ARGS_MAX: usize = 1 << 20;
+
 /// The builtin args BuildKit gives a build: their values are not known here.
 const PLATFORM_ARGS: &[&str] = &[
     "BUILDPLATFORM",
@@ -269,13 +280,17 @@ impl Found<'_> {
         let starts: HashSet<usize> = instructions.iter().map(|(i, _)| *i).collect();
 
         let mut args: HashMap<String, Value> = HashMap::new();
+        // The bytes the global args' values add up to, against [`ARGS_MAX`].
+        let mut arg_bytes = 0;
         // Each stage's name (lower-case), in order; `None` for an unnamed one.
         let mut stages: Vec<Option<String>> = Vec::new();
         for (i, text) in &instructions {
             let ins = Instruction::parse(text);
             let line = i + 1;
             match ins.command.as_str() {
-                "arg" if stages.is_empty() => global_args(&ins.rest, escape, build_args, &mut args),
+                "arg" if stages.is_empty() => {
+                    global_args(&ins.rest, escape, build_args, &mut args, &mut arg_bytes);
+                }
                 "from" => {
                     self.from(&ins, escape, &args, &stages, line)?;
                     stages.push(stage_name(&ins.rest));
@@ -596,12 +611,15 @@ fn stage_name(rest: &str) -> Option<String> {
 }
 
 /// Declares the global args of one `ARG a=1 b c=$a` line: a build arg overrides a default; a
-/// default is expanded with the args before it.
+/// default is expanded with the args before it. `total` counts the bytes of the defaults
+/// expanded so far: past [`ARGS_MAX`], a default is not expanded, so that `ARG B=$A$A` lines
+/// cannot make the values grow without end.
 fn global_args(
     rest: &str,
     escape: char,
     build_args: &BuildArgs,
     args: &mut HashMap<String, Value>,
+    total: &mut usize,
 ) {
     for word in words(rest, escape) {
         let (key, default) = match word.split_once('=') {
@@ -610,8 +628,14 @@ fn global_args(
         };
         let value = match (build_args.get(&key), default) {
             (Some(given), _) => Value::Set(given.clone()),
+            (None, Some(_)) if *total > ARGS_MAX => {
+                Value::Unknown("the ARGs before it are too long".into())
+            }
             (None, Some(default)) => match expand(&default, escape, args) {
-                Ok(v) => Value::Set(v),
+                Ok(v) => {
+                    *total += v.len();
+                    Value::Set(v)
+                }
                 Err(e) => Value::Unknown(e),
             },
             (None, None) => Value::Unset,
@@ -655,23 +679,30 @@ fn words(text: &str, escape: char) -> Vec<String> {
 
 /// `word` as the engine's shell-like expansion makes it with the global `args`: quotes removed,
 /// escapes applied, `$NAME`, `${NAME}`, `${NAME:-x}`, `${NAME-x}`, `${NAME:+x}` and `${NAME+x}`
-/// replaced. Anything else with a `$` is an error, as is a platform arg without a value.
+/// replaced. Anything else with a `$` is an error, as is a platform arg without a value, a
+/// result longer than [`VALUE_MAX`] or `${...}` nested deeper than [`NESTING_MAX`] (the
+/// expansion recurses).
 fn expand(word: &str, escape: char, args: &HashMap<String, Value>) -> Result<String, String> {
     let chars: Vec<char> = word.chars().collect();
     let mut pos = 0;
-    let out = expand_until(&chars, &mut pos, None, escape, args)?;
-    Ok(out)
+    expand_until(&chars, &mut pos, None, escape, args, 0)
 }
 
+/// Expands from `pos` up to `stop` (past it) or the end; `depth` is how deeply nested in
+/// `${...}` this is.
 fn expand_until(
     chars: &[char],
     pos: &mut usize,
     stop: Option<char>,
     escape: char,
     args: &HashMap<String, Value>,
+    depth: usize,
 ) -> Result<String, String> {
     let mut out = String::new();
     while *pos < chars.len() {
+        if out.len() > VALUE_MAX {
+            return Err(format!("longer than {VALUE_MAX} bytes"));
+        }
         let c = chars[*pos];
         *pos += 1;
         if Some(c) == stop {
@@ -716,7 +747,7 @@ fn expand_until(
                     },
                     Some('$') => {
                         *pos += 1;
-                        out.push_str(&dollar(chars, pos, escape, args)?);
+                        out.push_str(&dollar(chars, pos, escape, args, depth)?);
                     }
                     Some(&ch) => {
                         out.push(ch);
@@ -725,12 +756,13 @@ fn expand_until(
                     None => return Err("an unclosed quote".into()),
                 }
             },
-            '$' => out.push_str(&dollar(chars, pos, escape, args)?),
+            '$' => out.push_str(&dollar(chars, pos, escape, args, depth)?),
             _ => out.push(c),
         }
     }
     match stop {
         Some(_) => Err("an unclosed ${".into()),
+        None if out.len() > VALUE_MAX => Err(format!("longer than {VALUE_MAX} bytes")),
         None => Ok(out),
     }
 }
@@ -741,6 +773,7 @@ fn dollar(
     pos: &mut usize,
     escape: char,
     args: &HashMap<String, Value>,
+    depth: usize,
 ) -> Result<String, String> {
     let braced = chars.get(*pos) == Some(&'{');
     if braced {
@@ -790,7 +823,10 @@ fn dollar(
         }
         _ => return Err(format!("${{{name} with an unsupported modifier")),
     };
-    let word = expand_until(chars, pos, Some('}'), escape, args)?;
+    if depth >= NESTING_MAX {
+        return Err(format!("${{...}} nested more than {NESTING_MAX} deep"));
+    }
+    let word = expand_until(chars, pos, Some('}'), escape, args, depth + 1)?;
     let empty = value.as_deref().is_none_or(str::is_empty);
     Ok(match op.as_str() {
         ":-" if empty => word,
@@ -1213,6 +1249,38 @@ mod tests {
     }
 
     #[test]
+    fn expansions_are_bounded_in_depth_and_size() {
+        // Nesting recurses: deep enough, it would overflow the stack.
+        let deep = format!("FROM {}x{}\n", "${X:-".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(verdict(&deep), "line 1: unresolved");
+        let nested = format!(
+            "FROM {}debian{}\n",
+            "${X:-".repeat(NESTING_MAX),
+            "}".repeat(NESTING_MAX)
+        );
+        assert_eq!(verdict(&nested), "ok");
+        // Each ARG doubling the last would need 2^64 bytes.
+        let mut doubling = "ARG A0=aaaaaaaa\n".to_owned();
+        for i in 1..64 {
+            doubling.push_str(&format!("ARG A{i}=$A{}$A{}\n", i - 1, i - 1));
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(verdict(&format!("{doubling}FROM debian\n")), "ok");
+        assert_eq!(
+            verdict(&format!("{doubling}FROM $A63\n")),
+            "line 65: unresolved"
+        );
+        // So would many copies of a long one.
+        let mut copies = format!("ARG A={}\n", "a".repeat(VALUE_MAX));
+        copies.push_str(&"ARG B=$A\n".repeat(10_000));
+        assert_eq!(
+            verdict(&format!("{copies}FROM $B\n")),
+            "line 10002: unresolved"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
     fn build_args_override_arg_defaults() {
         let dockerfile = "ARG BASE=debian\nFROM $BASE\n";
         assert_eq!(verdict(dockerfile), "ok");
@@ -1399,5 +1467,9 @@ mod tests {
             refusal.contains("FROM localhost:5000/x?[2J is"),
             "{refusal}"
         );
+        // Nor do they through why a value cannot be resolved.
+        let refusal = check("FROM ${\u{1b}[2J}\n", &args, "127.0.0.1:5000");
+        let refusal = refusal.unwrap_err().to_string();
+        assert!(!refusal.contains('\u{1b}'), "{refusal:?}");
     }
 }
