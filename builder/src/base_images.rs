@@ -24,7 +24,9 @@
 //! variable the check cannot evaluate, or one that expands too long or nests too deep to
 //! evaluate cheaply) is refused.
 //!
-//! What this module does not do: IO, or the access question itself (it has no identity).
+//! What this module does not do: IO, or the access question itself (it has no identity). Nor
+//! can it see the `ONBUILD` triggers of a base image pulled during the build: the engine runs
+//! them in this build too, and this check has only the Dockerfile's text.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
