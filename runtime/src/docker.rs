@@ -192,6 +192,11 @@ impl Engine for Docker {
         Ok(())
     }
 
+    async fn image_triggers(&self, image: &str) -> Result<Vec<String>, RuntimeError> {
+        let info = self.api.inspect_image(image).await.map_err(engine)?;
+        Ok(info.config.and_then(|c| c.on_build).unwrap_or_default())
+    }
+
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
         let mut host = HostConfig {
             memory: spec.memory_bytes,
@@ -516,8 +521,9 @@ impl Engine for Docker {
             cpuquota: Some(cpuquota),
             buildargs: Some(build.build_args),
             labels: Some(build.labels),
-            // A base image the engine lacks is pulled (with `pull_auth`, if any); one it has is
-            // used as it is.
+            // Never asked to pull: a base image the engine has is used as it is, so a build runs
+            // the very image whose `ONBUILD` triggers the builder read before it (and pulled,
+            // if the engine lacked it). Only one it lacks is pulled (with `pull_auth`, if any).
             pull: None,
             rm: true,
             forcerm: true,
@@ -634,7 +640,8 @@ impl Engine for Docker {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_quota, pushed_digest, registry_of, split_tag};
+    use super::{cpu_quota, credentials_for, pushed_digest, registry_of, split_tag};
+    use crate::RegistryAuth;
 
     #[test]
     fn tags() {
@@ -683,5 +690,21 @@ mod tests {
             registry_of("127.0.0.1:5000.evil.com/x"),
             "127.0.0.1:5000.evil.com"
         );
+    }
+
+    #[test]
+    fn no_login_is_sent_nowhere() {
+        for image in [
+            "python:3",
+            "/x",
+            "localhost/x",
+            "127.0.0.1:5000/apps/web:1",
+            ":/x",
+        ] {
+            assert!(
+                credentials_for(image, &RegistryAuth::none()).is_none(),
+                "{image}"
+            );
+        }
     }
 }

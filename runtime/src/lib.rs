@@ -64,6 +64,18 @@ pub struct RegistryAuth {
     pub password: String,
 }
 
+impl RegistryAuth {
+    /// No login: for an image that must come from a registry that asks for none. Its server is
+    /// empty, which no image reference names, so it is sent nowhere.
+    pub fn none() -> RegistryAuth {
+        RegistryAuth {
+            server: String::new(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
 impl std::fmt::Debug for RegistryAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The password is a token: keep it out of every log line.
@@ -217,8 +229,13 @@ impl std::fmt::Debug for ImageBuild {
 /// The container engine.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Pulls `image` unless the engine already has it.
+    /// Pulls `image` unless the engine already has it, with `auth` only if `image` is in
+    /// `auth`'s registry.
     async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError>;
+
+    /// The `ONBUILD` triggers in the config of `image`, which the engine must have (see
+    /// [`pull`](Engine::pull)): the instructions it runs in a build right after a `FROM` of it.
+    async fn image_triggers(&self, image: &str) -> Result<Vec<String>, RuntimeError>;
 
     /// Creates and starts a container.
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError>;
