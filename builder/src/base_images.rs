@@ -24,9 +24,15 @@
 //! variable the check cannot evaluate, or one that expands too long or nests too deep to
 //! evaluate cheaply) is refused.
 //!
-//! What this module does not do: IO, or the access question itself (it has no identity). Nor
-//! can it see the `ONBUILD` triggers of a base image pulled during the build: the engine runs
-//! them in this build too, and this check has only the Dockerfile's text.
+//! A base image's own `ONBUILD` triggers are not in the Dockerfile's text, yet the engine runs
+//! them right after the `FROM`, and a trigger's `COPY --from` reads any image the engine holds.
+//! So [`check`] also returns the images the stages build on (every `FROM` that is not an
+//! earlier stage or `scratch`, expanded); the caller has the engine pull each (without a login)
+//! and read its triggers, and [`naming_trigger`] refuses any that could name an image (a
+//! `--from` or `--mount` anywhere in it). The build is never asked to pull, so it builds on the
+//! very images whose triggers were read.
+//!
+//! What this module does not do: IO, or the access question itself (it has no identity).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -42,6 +48,25 @@ pub(crate) struct AppImage {
     pub(crate) app: AppName,
     /// Where and how the Dockerfile names it, for the refusal.
     pub(crate) named: Named,
+}
+
+/// An image a stage of the Dockerfile builds on (`FROM`, not an earlier stage nor `scratch`):
+/// the engine runs its `ONBUILD` triggers in this build, so the caller reads them before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BaseImage {
+    /// The reference, with the global args expanded, as the engine will look it up.
+    pub(crate) reference: String,
+    /// Where and how the Dockerfile names it, for the refusal.
+    pub(crate) named: Named,
+}
+
+/// What [`check`] found: the images whose use the caller still has to decide.
+#[derive(Debug, Default)]
+pub(crate) struct Images {
+    /// The app images named, each once per place: the pusher must be allowed to read the app.
+    pub(crate) apps: Vec<AppImage>,
+    /// The images stages build on, each once: their triggers must name no other image.
+    pub(crate) bases: Vec<BaseImage>,
 }
 
 /// Where a Dockerfile names an image, and how: `line 3: FROM 127.0.0.1:5000/apps/web:1`.
@@ -76,6 +101,10 @@ enum Why {
     ById,
     /// A value with variables that cannot be evaluated before the build.
     Unresolved(String),
+    /// A base image whose `ONBUILD` triggers name other images: the trigger (shown).
+    Triggers(String),
+    /// A base image the engine does not have and could not pull without a login: why.
+    Unavailable(String),
     /// So many continued lines that reading them every way would cost too much.
     Tangled,
 }
@@ -88,6 +117,41 @@ impl Refusal {
             why: Why::OwnRegistry,
         }
     }
+
+    /// The refusal for a base image whose `ONBUILD` trigger names another image.
+    pub(crate) fn triggers(image: &BaseImage, trigger: &str) -> Refusal {
+        Refusal {
+            named: image.named.clone(),
+            why: Why::Triggers(trigger.to_owned()),
+        }
+    }
+
+    /// The refusal for a base image the engine lacks and cannot pull without a login.
+    pub(crate) fn unavailable(image: &BaseImage, why: &str) -> Refusal {
+        Refusal {
+            named: image.named.clone(),
+            why: Why::Unavailable(why.to_owned()),
+        }
+    }
+}
+
+/// The first of a base image's `ONBUILD` triggers that could name another image: one with a
+/// `--from` (`COPY`, `ADD`) or a `--mount` (`RUN`, whose `from=` may name an image) anywhere,
+/// in any case, quoted, escaped or continued. The engine runs the triggers right after `FROM`,
+/// where no check of the Dockerfile's text sees them. Conservative: a trigger that merely
+/// mentions one (`RUN echo --from`) is taken too, which costs little, as public base images
+/// with triggers that copy from other images are rare.
+pub(crate) fn naming_trigger(triggers: &[String]) -> Option<&str> {
+    triggers.iter().map(String::as_str).find(|trigger| {
+        // Quotes, escapes and continued lines may sit inside a flag (`--fr\om`, `--"from"`,
+        // `--fr\<newline>om`): drop them all, and every blank.
+        let plain: String = trigger
+            .chars()
+            .filter(|c| !matches!(c, '"' | '\'' | '\\' | '`') && !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        plain.contains("--from") || plain.contains("--mount")
+    })
 }
 
 impl fmt::Display for Refusal {
@@ -110,6 +174,19 @@ impl fmt::Display for Refusal {
                 "{} continues over too many lines to check before the build; split it up",
                 self.named
             ),
+            Why::Triggers(trigger) => write!(
+                f,
+                "{} has ONBUILD triggers that name other images ({}); Slipway does not build on \
+                 those",
+                self.named,
+                shown(trigger)
+            ),
+            Why::Unavailable(why) => write!(
+                f,
+                "{} is not on this server and could not be pulled without a login ({})",
+                self.named,
+                shown(why)
+            ),
             Why::Unresolved(why) => write!(
                 f,
                 "{} cannot be resolved before the build ({}); write the image name out",
@@ -125,12 +202,13 @@ pub(crate) type BuildArgs = HashMap<String, String>;
 
 /// Checks the images `dockerfile` names for a build with `build_args`, where Slipway's registry
 /// is `registry` (`127.0.0.1:5000`, as the engine reaches it). Returns the app images it names,
-/// each once per place, for the caller to check access to; or the first image refused.
+/// each once per place, for the caller to check access to, and the images its stages build on,
+/// for the caller to read their triggers; or the first image refused.
 pub(crate) fn check(
     dockerfile: &str,
     build_args: &BuildArgs,
     registry: &str,
-) -> Result<Vec<AppImage>, Refusal> {
+) -> Result<Images, Refusal> {
     let registry = Registry::parse(registry);
     let text = dockerfile.strip_prefix('\u{feff}').unwrap_or(dockerfile);
     let lines: Vec<&str> = text
@@ -141,6 +219,7 @@ pub(crate) fn check(
     let mut found = Found {
         registry: &registry,
         apps: Vec::new(),
+        bases: Vec::new(),
     };
     // BuildKit takes its frontend from `# syntax=` or the BUILDKIT_SYNTAX build arg: an image too.
     if let Some((line, value)) = &directives.syntax {
@@ -162,7 +241,12 @@ pub(crate) fn check(
     }
     let mut seen = HashSet::new();
     found.apps.retain(|a| seen.insert(a.clone()));
-    Ok(found.apps)
+    let mut seen = HashSet::new();
+    found.bases.retain(|b| seen.insert(b.reference.clone()));
+    Ok(Images {
+        apps: found.apps,
+        bases: found.bases,
+    })
 }
 
 /// The parser directives at the top of a Dockerfile that matter here.
@@ -256,6 +340,7 @@ enum Value {
 struct Found<'a> {
     registry: &'a Registry,
     apps: Vec<AppImage>,
+    bases: Vec<BaseImage>,
 }
 
 impl Found<'_> {
@@ -332,7 +417,19 @@ impl Found<'_> {
                 if read <= EXTRA_TEXT_MAX {
                     let ins = Instruction::parse(&full.text);
                     match ins.command.as_str() {
-                        "from" => self.from(&ins, escape, &args, &[], i + 1)?,
+                        "from" => {
+                            let before = self.bases.len();
+                            self.from(&ins, escape, &args, &[], i + 1)?;
+                            // A FROM read only here that names one of the stages is taken for
+                            // that stage: it is nothing to pull.
+                            if self
+                                .bases
+                                .get(before)
+                                .is_some_and(|b| is_stage(&b.reference, &stages))
+                            {
+                                self.bases.truncate(before);
+                            }
+                        }
                         "onbuild" => self.onbuild(&ins, i + 1)?,
                         _ => self.flags(&ins, Stages::NONE, i + 1)?,
                     }
@@ -377,7 +474,14 @@ impl Found<'_> {
             named: named.clone(),
             why: Why::Unresolved(e),
         })?;
-        self.image(&image, stages, named)
+        self.image(&image, stages, named.clone())?;
+        if !image.is_empty() && image != "scratch" && !is_stage(&image, stages.names) {
+            self.bases.push(BaseImage {
+                reference: image,
+                named,
+            });
+        }
+        Ok(())
     }
 
     /// The flags that name images: `--from=<image>` and `--mount=...,from=<image>`.
@@ -914,13 +1018,19 @@ impl Stages<'_> {
     };
 }
 
+/// Whether `value` names one of the stages `names` (by name: `FROM` takes a number for an id).
+fn is_stage(value: &str, names: &[Option<String>]) -> bool {
+    let lower = value.to_lowercase();
+    names.iter().flatten().any(|s| *s == lower)
+}
+
 /// Judges an expanded image value; `stages` are the earlier stages it may name.
 fn judge(value: &str, stages: Stages, registry: &Registry) -> Verdict {
     let lower = value.to_lowercase();
     if value.is_empty() || value == "scratch" {
         return Verdict::Allowed;
     }
-    if stages.names.iter().flatten().any(|s| *s == lower) {
+    if is_stage(value, stages.names) {
         return Verdict::Allowed;
     }
     if stages.by_index && lower.parse::<usize>().is_ok_and(|i| i < stages.names.len()) {
@@ -1026,7 +1136,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        match check(dockerfile, &args, registry) {
+        match check(dockerfile, &args, registry).map(|i| i.apps) {
             Ok(apps) if apps.is_empty() => "ok".into(),
             Ok(apps) => {
                 let mut names: Vec<String> = apps.iter().map(|a| a.app.to_string()).collect();
@@ -1039,6 +1149,8 @@ mod tests {
                     Why::ById => "id",
                     Why::Unresolved(_) => "unresolved",
                     Why::Tangled => "tangled",
+                    Why::Triggers(_) => "triggers",
+                    Why::Unavailable(_) => "unavailable",
                 };
                 format!("line {}: {kind}", r.named.line)
             }
@@ -1357,6 +1469,107 @@ mod tests {
         ]);
     }
 
+    /// The images the stages of `dockerfile` build on, as [`check`] returns them.
+    fn bases(dockerfile: &str) -> Vec<String> {
+        let images = check(dockerfile, &BuildArgs::new(), "127.0.0.1:5000").unwrap();
+        images.bases.into_iter().map(|b| b.reference).collect()
+    }
+
+    #[test]
+    fn the_images_stages_build_on_are_returned_expanded_and_once() {
+        assert_eq!(bases("FROM debian:bookworm\n"), ["debian:bookworm"]);
+        assert_eq!(
+            bases("ARG V=3.12\nFROM python:$V AS build\nFROM build\nFROM Build\nFROM scratch\n"),
+            ["python:3.12"]
+        );
+        // A later stage's name is not a stage yet: the engine looks it up as an image.
+        assert_eq!(
+            bases("FROM later\nFROM debian AS later\n"),
+            ["later", "debian"]
+        );
+        assert_eq!(
+            bases("FROM debian\nFROM debian\nFROM 127.0.0.1:5000/apps/alice:1\n"),
+            ["debian", "127.0.0.1:5000/apps/alice:1"]
+        );
+        // What COPY --from names is copied from, not built on: its triggers do not run.
+        assert_eq!(bases("FROM debian\nCOPY --from=alpine / /\n"), ["debian"]);
+        // A FROM read only in case another parser starts an instruction there counts too,
+        // unless it names a stage.
+        assert_eq!(
+            bases("FROM debian AS a\nRUN <<EOF\nx \\\n#\nFROM alpine\nFROM a\nEOF\n"),
+            ["debian", "alpine"]
+        );
+        let images = check("FROM debian\n", &BuildArgs::new(), "127.0.0.1:5000").unwrap();
+        assert_eq!(
+            images.bases[0].named.to_string(),
+            "Dockerfile line 1: FROM debian"
+        );
+    }
+
+    #[test]
+    fn triggers_that_name_other_images_are_found() {
+        let found = |triggers: &[&str]| {
+            let triggers: Vec<String> = triggers.iter().map(|t| t.to_string()).collect();
+            naming_trigger(&triggers).map(str::to_owned)
+        };
+        assert_eq!(found(&[]), None);
+        assert_eq!(
+            found(&[
+                "RUN echo hi",
+                "COPY . /app",
+                "ADD https://x/y /y",
+                "ENV A=from"
+            ]),
+            None
+        );
+        for trigger in [
+            "COPY --from=127.0.0.1:5000/apps/alice:1 / /stolen",
+            "copy --FROM=x / /",
+            "ADD --chown=1 --from=x / /",
+            "RUN --mount=type=bind,from=x,target=/x cat /x/secret",
+            "RUN --MOUNT=from=x true",
+            "COPY \"--from=x\" / /",
+            "COPY --fr\\om=x / /",
+            "COPY --fr\\\nom=x / /",
+            "COPY '--fr'om=x / /",
+            "COPY `--from`=x / /",
+            // Conservative: a mention is enough.
+            "RUN echo --from",
+        ] {
+            let triggers = ["RUN true", trigger];
+            assert_eq!(found(&triggers).as_deref(), Some(trigger), "{trigger:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_of_base_images_are_one_line() {
+        let images = check(
+            "FROM example.org/base:1\n",
+            &BuildArgs::new(),
+            "127.0.0.1:5000",
+        )
+        .unwrap();
+        let base = &images.bases[0];
+        assert_eq!(
+            Refusal::triggers(base, "COPY --from=127.0.0.1:5000/apps/alice:1 / /x").to_string(),
+            "Dockerfile line 1: FROM example.org/base:1 has ONBUILD triggers that name other \
+             images (COPY --from=127.0.0.1:5000/apps/alice:1 / /x); Slipway does not build on \
+             those"
+        );
+        let shown = Refusal::triggers(
+            base,
+            &format!("COPY\n--from=x\u{1b}[2J {}", "a".repeat(500)),
+        )
+        .to_string();
+        assert!(!shown.contains(['\n', '\u{1b}']), "{shown:?}");
+        assert!(shown.len() < 400, "{shown}");
+        assert_eq!(
+            Refusal::unavailable(base, "pulling image example.org/base:1: not found").to_string(),
+            "Dockerfile line 1: FROM example.org/base:1 is not on this server and could not be \
+             pulled without a login (pulling image example.org/base:1: not found)"
+        );
+    }
+
     #[test]
     fn directives_are_read_every_way_an_engine_may() {
         check_all(&[
@@ -1442,7 +1655,8 @@ mod tests {
             &args,
             "127.0.0.1:5000",
         )
-        .unwrap();
+        .unwrap()
+        .apps;
         assert_eq!(
             Refusal::no_access(&apps[0]).to_string(),
             "Dockerfile line 1: FROM 127.0.0.1:5000/apps/alice:1 is an image in Slipway's \

@@ -3,8 +3,9 @@
 //! images the engine already has or can pull without a login), and the image is pushed to
 //! Slipway's registry as `apps/<app>:<commit>`, the repository buildpack builds use, so the
 //! release names it by digest. Before the engine sees the Dockerfile, every image it names must
-//! pass [`base_images::check`] and the pusher's access to the apps whose images it names: the
-//! engine holds every deployed app's image and would build on it without asking anyone.
+//! pass [`base_images::check`] and the pusher's access to the apps whose images it names, and
+//! no image it builds on may carry `ONBUILD` triggers that name images: the engine holds every
+//! deployed app's image and would build on it without asking anyone.
 //!
 //! Config vars become build args only when the config var [`BUILD_ARGS_VAR`] names them.
 
@@ -124,8 +125,9 @@ pub(crate) async fn build(
 
 /// Refuses the build unless every image `dockerfile` names is one the pusher may read: public
 /// images, stack images, and the images of apps the pusher has access to (with a deploy key,
-/// only its own app's). The engine holds every deployed app's image, so this is decided before
-/// it sees the Dockerfile, and nothing is pulled for a refused one.
+/// only its own app's), none of them a base image whose `ONBUILD` triggers name another image.
+/// The engine holds every deployed app's image, so this is decided before it sees the
+/// Dockerfile, and nothing is pulled for an image refused by name.
 async fn may_use_images(
     shared: &Shared,
     app: &AppName,
@@ -138,7 +140,7 @@ async fn may_use_images(
         .map_err(refused)?;
     let failed = |e: slipway_core::ports::PortError| BuildError::Build(e.to_string());
     let mut deploy_key = None;
-    if images.iter().any(|i| i.app != *app) {
+    if images.apps.iter().any(|i| i.app != *app) {
         deploy_key = shared
             .identity
             .key_owner(key)
@@ -146,7 +148,7 @@ async fn may_use_images(
             .map_err(failed)?
             .and_then(|owner| owner.app);
     }
-    for image in &images {
+    for image in &images.apps {
         let allowed = image.app == *app
             || (deploy_key.is_none()
                 && shared
@@ -157,6 +159,25 @@ async fn may_use_images(
                     == AppAccess::Allowed);
         if !allowed {
             return Err(refused(Refusal::no_access(image)));
+        }
+    }
+    // The engine runs a base image's ONBUILD triggers right after its FROM, and a trigger's
+    // `COPY --from` reads whatever image it names: so each base image is made present here
+    // (pulled without a login, as the build would) and its triggers read. The build is never
+    // asked to pull, so it uses these very images.
+    for base in &images.bases {
+        shared
+            .engine
+            .pull(&base.reference, &RegistryAuth::none())
+            .await
+            .map_err(|e| refused(Refusal::unavailable(base, &e.to_string())))?;
+        let triggers = shared
+            .engine
+            .image_triggers(&base.reference)
+            .await
+            .map_err(|e| BuildError::Build(e.to_string()))?;
+        if let Some(trigger) = base_images::naming_trigger(&triggers) {
+            return Err(refused(Refusal::triggers(base, trigger)));
         }
     }
     Ok(())
