@@ -30,7 +30,10 @@
 //! earlier stage or `scratch`, expanded); the caller has the engine pull each (without a login)
 //! and read its triggers, and [`naming_trigger`] refuses any that could name an image (a
 //! `--from` or `--mount` anywhere in it). The build is never asked to pull, so it builds on the
-//! very images whose triggers were read.
+//! very images whose triggers were read; and so that no pull retags one in between, the images
+//! the build copies or mounts from come back too, for the caller to pull before the build, and
+//! a base image asked for with `FROM --platform` is refused (the engine would pull that
+//! platform's image during the build if the one it holds is of another).
 //!
 //! What this module does not do: IO, or the access question itself (it has no identity).
 
@@ -50,8 +53,9 @@ pub(crate) struct AppImage {
     pub(crate) named: Named,
 }
 
-/// An image a stage of the Dockerfile builds on (`FROM`, not an earlier stage nor `scratch`):
-/// the engine runs its `ONBUILD` triggers in this build, so the caller reads them before it.
+/// An image from outside the Dockerfile that the build uses. One a stage builds on (`FROM`, not
+/// an earlier stage nor `scratch`) has its `ONBUILD` triggers run in this build, so the caller
+/// reads them before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BaseImage {
     /// The reference, with the global args expanded, as the engine will look it up.
@@ -67,6 +71,10 @@ pub(crate) struct Images {
     pub(crate) apps: Vec<AppImage>,
     /// The images stages build on, each once: their triggers must name no other image.
     pub(crate) bases: Vec<BaseImage>,
+    /// The other images the build copies or mounts from (`--from`, `--mount=from=`), each
+    /// once: the caller has the engine hold them before the build, so that the build pulls
+    /// nothing (a pull could retag a base image after its triggers were read).
+    pub(crate) sources: Vec<BaseImage>,
 }
 
 /// Where a Dockerfile names an image, and how: `line 3: FROM 127.0.0.1:5000/apps/web:1`.
@@ -105,6 +113,9 @@ enum Why {
     Triggers(String),
     /// A base image the engine does not have and could not pull without a login: why.
     Unavailable(String),
+    /// A base image asked for with `--platform`, which the engine may pull again for that
+    /// platform during the build, after its triggers were read.
+    Platform,
     /// So many continued lines that reading them every way would cost too much.
     Tangled,
 }
@@ -181,6 +192,12 @@ impl fmt::Display for Refusal {
                 self.named,
                 shown(trigger)
             ),
+            Why::Platform => write!(
+                f,
+                "{} asks for a platform (--platform), for which the engine could pull another \
+                 image during the build; Slipway builds for this server's platform: drop the flag",
+                self.named
+            ),
             Why::Unavailable(why) => write!(
                 f,
                 "{} is not on this server and could not be pulled without a login ({})",
@@ -220,6 +237,7 @@ pub(crate) fn check(
         registry: &registry,
         apps: Vec::new(),
         bases: Vec::new(),
+        sources: Vec::new(),
     };
     // BuildKit takes its frontend from `# syntax=` or the BUILDKIT_SYNTAX build arg: an image too.
     if let Some((line, value)) = &directives.syntax {
@@ -243,9 +261,12 @@ pub(crate) fn check(
     found.apps.retain(|a| seen.insert(a.clone()));
     let mut seen = HashSet::new();
     found.bases.retain(|b| seen.insert(b.reference.clone()));
+    // Pulled before the build as bases anyway.
+    found.sources.retain(|b| seen.insert(b.reference.clone()));
     Ok(Images {
         apps: found.apps,
         bases: found.bases,
+        sources: found.sources,
     })
 }
 
@@ -341,6 +362,7 @@ struct Found<'a> {
     registry: &'a Registry,
     apps: Vec<AppImage>,
     bases: Vec<BaseImage>,
+    sources: Vec<BaseImage>,
 }
 
 impl Found<'_> {
@@ -388,7 +410,7 @@ impl Found<'_> {
                         names: &stages[..stages.len().saturating_sub(1)],
                         by_index: true,
                     };
-                    self.flags(&ins, earlier, line)?;
+                    self.flags(&ins, earlier, line, true)?;
                     if ins.command == "onbuild" {
                         self.onbuild(&ins, line)?;
                     }
@@ -431,7 +453,19 @@ impl Found<'_> {
                             }
                         }
                         "onbuild" => self.onbuild(&ins, i + 1)?,
-                        _ => self.flags(&ins, Stages::NONE, i + 1)?,
+                        _ => {
+                            let before = self.sources.len();
+                            self.flags(&ins, Stages::NONE, i + 1, true)?;
+                            // As for FROM: a stage's name is taken for the stage.
+                            let mut i = before;
+                            while i < self.sources.len() {
+                                if is_stage(&self.sources[i].reference, &stages) {
+                                    self.sources.remove(i);
+                                } else {
+                                    i += 1;
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -461,7 +495,7 @@ impl Found<'_> {
             names: stages,
             by_index: false,
         };
-        self.flags(ins, stages, line)?;
+        self.flags(ins, stages, line, false)?;
         let Some(word) = ins.rest.split(is_blank).find(|w| !w.is_empty()) else {
             // The engine refuses a FROM without an image.
             return Ok(());
@@ -476,6 +510,18 @@ impl Found<'_> {
         })?;
         self.image(&image, stages, named.clone())?;
         if !image.is_empty() && image != "scratch" && !is_stage(&image, stages.names) {
+            // The engine uses the image it holds only if it is of that platform, and pulls
+            // another otherwise: one whose triggers nobody read.
+            if ins
+                .flags
+                .iter()
+                .any(|f| f.to_ascii_lowercase().starts_with("--platform"))
+            {
+                return Err(Refusal {
+                    named,
+                    why: Why::Platform,
+                });
+            }
             self.bases.push(BaseImage {
                 reference: image,
                 named,
@@ -484,8 +530,15 @@ impl Found<'_> {
         Ok(())
     }
 
-    /// The flags that name images: `--from=<image>` and `--mount=...,from=<image>`.
-    fn flags(&mut self, ins: &Instruction, stages: Stages, line: usize) -> Result<(), Refusal> {
+    /// The flags that name images: `--from=<image>` and `--mount=...,from=<image>`. With
+    /// `keep`, the images that are not stages are kept as the build's sources.
+    fn flags(
+        &mut self,
+        ins: &Instruction,
+        stages: Stages,
+        line: usize,
+        keep: bool,
+    ) -> Result<(), Refusal> {
         let keyword = ins.command.to_ascii_uppercase();
         for flag in &ins.flags {
             let Some((name, value)) = flag.strip_prefix("--").and_then(|f| f.split_once('='))
@@ -508,7 +561,17 @@ impl Found<'_> {
                         why: Why::Unresolved("a variable in a flag".into()),
                     });
                 }
-                self.image(&source, stages, named)?;
+                self.image(&source, stages, named.clone())?;
+                let by_index = stages.by_index
+                    && source
+                        .parse::<usize>()
+                        .is_ok_and(|i| i < stages.names.len());
+                if keep && !source.is_empty() && !by_index && !is_stage(&source, stages.names) {
+                    self.sources.push(BaseImage {
+                        reference: source,
+                        named,
+                    });
+                }
             }
         }
         Ok(())
@@ -518,7 +581,8 @@ impl Found<'_> {
     /// nothing, so its images are checked as images.
     fn onbuild(&mut self, ins: &Instruction, line: usize) -> Result<(), Refusal> {
         let inner = Instruction::parse(&ins.rest);
-        self.flags(&inner, Stages::NONE, line)?;
+        // Run in a later build, not this one: nothing to pull now.
+        self.flags(&inner, Stages::NONE, line, false)?;
         if inner.command == "from"
             && let Some(word) = inner.rest.split(is_blank).find(|w| !w.is_empty())
         {
@@ -1151,6 +1215,7 @@ mod tests {
                     Why::Tangled => "tangled",
                     Why::Triggers(_) => "triggers",
                     Why::Unavailable(_) => "unavailable",
+                    Why::Platform => "platform",
                 };
                 format!("line {}: {kind}", r.named.line)
             }
@@ -1270,7 +1335,7 @@ mod tests {
             ("fRoM 127.0.0.1:5000/apps/alice\n", "apps alice"),
             (
                 "FROM --platform=linux/amd64 127.0.0.1:5000/apps/alice AS build\n",
-                "apps alice",
+                "line 1: platform",
             ),
             // Comments are not instructions; continuations join lines, skipping the comment and
             // blank lines inside them.
@@ -1503,6 +1568,50 @@ mod tests {
         assert_eq!(
             images.bases[0].named.to_string(),
             "Dockerfile line 1: FROM debian"
+        );
+    }
+
+    #[test]
+    fn a_base_image_for_another_platform_is_refused() {
+        // The engine would pull it during the build, unread, if what it holds is of another.
+        check_all(&[
+            ("FROM --platform=linux/arm64 debian\n", "line 1: platform"),
+            (
+                "FROM --PLATFORM=$BUILDPLATFORM golang AS b\n",
+                "line 1: platform",
+            ),
+            // Not an image: nothing to pull.
+            (
+                "FROM debian AS base\nFROM --platform=linux/amd64 base\n",
+                "ok",
+            ),
+            ("FROM --platform=linux/amd64 scratch\n", "ok"),
+        ]);
+    }
+
+    #[test]
+    fn the_images_copied_or_mounted_from_are_returned_once() {
+        let sources = |dockerfile: &str| -> Vec<String> {
+            let images = check(dockerfile, &BuildArgs::new(), "127.0.0.1:5000").unwrap();
+            images.sources.into_iter().map(|b| b.reference).collect()
+        };
+        assert_eq!(
+            sources(
+                "FROM debian AS a\nFROM debian\nCOPY --from=a / /\nCOPY --from=0 / /\n\
+                 COPY --from=alpine / /\nRUN --mount=from=busybox,target=/b true\n\
+                 COPY --from=alpine / /\nCOPY --from=debian / /\n"
+            ),
+            ["alpine", "busybox"]
+        );
+        // A trigger's images are used by a later build, not this one.
+        assert!(sources("FROM debian\nONBUILD COPY --from=alpine / /\n").is_empty());
+        // Read only in case another parser starts an instruction there: a stage's name is the
+        // stage.
+        assert_eq!(
+            sources(
+                "FROM debian AS build\nRUN <<EOF\nx \\\n#\nCOPY --from=build / /\nCOPY --from=alpine / /\nEOF\n"
+            ),
+            ["alpine"]
         );
     }
 

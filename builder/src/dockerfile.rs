@@ -164,24 +164,39 @@ async fn may_use_images(
     // The engine runs a base image's ONBUILD triggers right after its FROM, and a trigger's
     // `COPY --from` reads whatever image it names: so each base image is made present here
     // (pulled without a login, as the build would) and its triggers read. The build is never
-    // asked to pull, so it uses these very images.
-    for base in &images.bases {
+    // asked to pull, so it uses these very images: a tag the engine holds changes only by a
+    // pull of it while missing, so the images it copies from are made present too (the build
+    // then pulls nothing), and pulls wait for each other (two pulls of one missing tag could
+    // get two images from a registry, the later one landing after the earlier was read).
+    let _pulling = PULLS.lock().await;
+    for (image, base) in images
+        .bases
+        .iter()
+        .map(|b| (b, true))
+        .chain(images.sources.iter().map(|s| (s, false)))
+    {
         shared
             .engine
-            .pull(&base.reference, &RegistryAuth::none())
+            .pull(&image.reference, &RegistryAuth::none())
             .await
-            .map_err(|e| refused(Refusal::unavailable(base, &e.to_string())))?;
+            .map_err(|e| refused(Refusal::unavailable(image, &e.to_string())))?;
+        if !base {
+            continue;
+        }
         let triggers = shared
             .engine
-            .image_triggers(&base.reference)
+            .image_triggers(&image.reference)
             .await
             .map_err(|e| BuildError::Build(e.to_string()))?;
         if let Some(trigger) = base_images::naming_trigger(&triggers) {
-            return Err(refused(Refusal::triggers(base, trigger)));
+            return Err(refused(Refusal::triggers(image, trigger)));
         }
     }
     Ok(())
 }
+
+/// Held while the images of one Dockerfile build are pulled and read.
+static PULLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sends the engine's output to the pusher as it comes, indented under the pipeline's lines.
 async fn relay(mut rx: mpsc::Receiver<Vec<u8>>, push: &mut Push) {
