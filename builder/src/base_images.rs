@@ -32,8 +32,8 @@
 //! `--from` or `--mount` anywhere in it). The build is never asked to pull, so it builds on the
 //! very images whose triggers were read; and so that no pull retags one in between, the images
 //! the build copies or mounts from come back too, for the caller to pull before the build, and
-//! a base image asked for with `FROM --platform` is refused (the engine would pull that
-//! platform's image during the build if the one it holds is of another).
+//! a base image asked for with `FROM --platform` for another platform than the engine's is
+//! refused (the engine would pull that platform's image during the build).
 //!
 //! What this module does not do: IO, or the access question itself (it has no identity).
 
@@ -113,8 +113,8 @@ enum Why {
     Triggers(String),
     /// A base image the engine does not have and could not pull without a login: why.
     Unavailable(String),
-    /// A base image asked for with `--platform`, which the engine may pull again for that
-    /// platform during the build, after its triggers were read.
+    /// A base image asked for with `--platform` for another platform than the engine's, which
+    /// the engine may pull for that platform during the build, after its triggers were read.
     Platform,
     /// So many continued lines that reading them every way would cost too much.
     Tangled,
@@ -194,8 +194,9 @@ impl fmt::Display for Refusal {
             ),
             Why::Platform => write!(
                 f,
-                "{} asks for a platform (--platform), for which the engine could pull another \
-                 image during the build; Slipway builds for this server's platform: drop the flag",
+                "{} asks for another platform (--platform) than this server's, for which the \
+                 engine could pull another image during the build; Slipway builds for this \
+                 server's platform: drop the flag or use $BUILDPLATFORM",
                 self.named
             ),
             Why::Unavailable(why) => write!(
@@ -345,6 +346,29 @@ const PLATFORM_ARGS: &[&str] = &[
     "TARGETARCH",
     "TARGETVARIANT",
 ];
+
+/// Whether `flag` is not `--platform`, or asks for the platform the engine builds for anyway:
+/// none, this machine's (`linux/amd64` here), or `$BUILDPLATFORM` / `$TARGETPLATFORM` when no
+/// ARG or build arg gives them a value (the engine sets them to its own platform, or the
+/// classic builder to nothing). A base image for this platform is the one the engine holds and
+/// the check read; any other could be pulled afresh during the build.
+fn is_native_platform(flag: &str, args: &HashMap<String, Value>) -> bool {
+    let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+    if !name.eq_ignore_ascii_case("--platform") {
+        return true;
+    }
+    let value = value.trim_matches(['"', '\'']);
+    let native = match std::env::consts::ARCH {
+        "x86_64" => "linux/amd64",
+        "aarch64" => "linux/arm64",
+        _ => return value.is_empty(),
+    };
+    let set_by_engine = ["BUILDPLATFORM", "TARGETPLATFORM"].iter().any(|arg| {
+        (value == format!("${arg}") || value == format!("${{{arg}}}"))
+            && !matches!(args.get(*arg), Some(Value::Set(_) | Value::Unknown(_)))
+    });
+    value.is_empty() || value.eq_ignore_ascii_case(native) || set_by_engine
+}
 
 /// A global `ARG`'s value as `FROM` sees it.
 #[derive(Debug, Clone)]
@@ -512,11 +536,7 @@ impl Found<'_> {
         if !image.is_empty() && image != "scratch" && !is_stage(&image, stages.names) {
             // The engine uses the image it holds only if it is of that platform, and pulls
             // another otherwise: one whose triggers nobody read.
-            if ins
-                .flags
-                .iter()
-                .any(|f| f.to_ascii_lowercase().starts_with("--platform"))
-            {
+            if ins.flags.iter().any(|f| !is_native_platform(f, args)) {
                 return Err(Refusal {
                     named,
                     why: Why::Platform,
@@ -1334,7 +1354,7 @@ mod tests {
             // Any case, flags before the image, a stage name after it.
             ("fRoM 127.0.0.1:5000/apps/alice\n", "apps alice"),
             (
-                "FROM --platform=linux/amd64 127.0.0.1:5000/apps/alice AS build\n",
+                "FROM --platform=linux/arm64 127.0.0.1:5000/apps/alice AS build\n",
                 "line 1: platform",
             ),
             // Comments are not instructions; continuations join lines, skipping the comment and
@@ -1573,12 +1593,20 @@ mod tests {
 
     #[test]
     fn a_base_image_for_another_platform_is_refused() {
+        if std::env::consts::ARCH == "x86_64" {
+            check_all(&[("FROM --platform=linux/amd64 debian\n", "ok")]);
+        }
         // The engine would pull it during the build, unread, if what it holds is of another.
         check_all(&[
             ("FROM --platform=linux/arm64 debian\n", "line 1: platform"),
+            ("FROM --platform=windows/amd64 debian\n", "line 1: platform"),
+            // The engine's own platform, however it is spelled, is the image it holds.
+            ("FROM --platform=$BUILDPLATFORM golang AS b\n", "ok"),
+            ("FROM --PLATFORM=${TARGETPLATFORM} golang\n", "ok"),
+            // Unless an ARG gives the platform arg a value of its own.
             (
-                "FROM --PLATFORM=$BUILDPLATFORM golang AS b\n",
-                "line 1: platform",
+                "ARG BUILDPLATFORM=linux/arm64\nFROM --platform=$BUILDPLATFORM golang\n",
+                "line 2: platform",
             ),
             // Not an image: nothing to pull.
             (
