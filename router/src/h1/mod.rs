@@ -275,8 +275,11 @@ async fn serve_h1<S: ClientIo>(
         out: Vec::with_capacity(2 * 1024),
         timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
         stopping: Box::pin(stopped(stop.clone())),
+        served: false,
     };
-    while conn.serve_one(shared).await == Next::KeepAlive && !*stop.borrow() {}
+    while conn.serve_one(shared).await == Next::KeepAlive && !*stop.borrow() {
+        conn.served = true;
+    }
 }
 
 /// A client connection: TCP, or TLS over it.
@@ -355,6 +358,8 @@ struct Conn<S> {
     timer: Pin<Box<Sleep>>,
     /// Resolves when the router stops; made once per connection, polled while it is idle.
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Whether a request was answered on this connection already.
+    served: bool,
 }
 
 /// Runs `io` until it completes or `limit` passes (`None`), on a connection's `timer`.
@@ -865,17 +870,22 @@ impl<S: ClientIo> Conn<S> {
     }
 
     async fn read_client(&mut self) -> Option<usize> {
-        let idle = self.buf.is_empty();
+        // A kept-alive connection idle between requests is closed when the router stops, as
+        // HTTP lets a server do. A new connection's first request is waited for (within the
+        // stop's grace): its client has sent it or is about to, and closing with it unread would
+        // reset the connection.
+        let between_requests = self.served && self.buf.is_empty();
         let read = within(
             &mut self.timer,
             CLIENT_TIMEOUT,
             read_into(&mut self.client, &mut self.buf),
         );
-        if !idle {
+        if !between_requests {
             return read.await?.ok();
         }
-        // An idle keep-alive connection is closed when the router stops.
         tokio::select! {
+            // Bytes already sent are read rather than reset.
+            biased;
             read = read => read?.ok(),
             () = self.stopping.as_mut() => None,
         }
