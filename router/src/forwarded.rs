@@ -3,7 +3,6 @@
 //!
 //! Invariant: nothing here does IO or reads the route table; `proxy` calls these from its phases.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -115,10 +114,11 @@ pub(crate) fn forwarded_for<'a>(
     client: Option<IpAddr>,
 ) -> Option<HeaderValue> {
     let mut chain: Vec<u8> = Vec::new();
+    let client = client.map(|ip| ip.to_string());
     append_forwarded_for(
         &mut chain,
         sent.into_iter().map(HeaderValue::as_bytes),
-        client,
+        client.as_deref(),
     );
     // Every byte comes from a header value or an address, so the result is a valid value.
     HeaderValue::from_bytes(&chain)
@@ -127,11 +127,11 @@ pub(crate) fn forwarded_for<'a>(
 }
 
 /// Appends the X-Forwarded-For chain to `out`: the non-empty values the client sent, trimmed,
-/// in order, then the client's address, separated by ", ".
+/// in order, then the client's address (as text), separated by ", ".
 pub(crate) fn append_forwarded_for<'a>(
     out: &mut Vec<u8>,
     sent: impl IntoIterator<Item = &'a [u8]>,
-    client: Option<IpAddr>,
+    client: Option<&str>,
 ) {
     let mut first = true;
     let hops = sent
@@ -149,8 +149,7 @@ pub(crate) fn append_forwarded_for<'a>(
         if !first {
             out.extend_from_slice(b", ");
         }
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{ip}");
+        out.extend_from_slice(ip.as_bytes());
     }
 }
 

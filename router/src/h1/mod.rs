@@ -30,7 +30,7 @@ mod chunked;
 mod head;
 mod pool;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,8 +102,10 @@ pub(crate) fn spawn(
             plain: listener.try_clone()?,
             tls: tls_listener.as_ref().map(|l| l.try_clone()).transpose()?,
         };
+        // IO and timers only: the process driver would look for exited children on every turn.
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
@@ -267,11 +269,12 @@ async fn serve_h1<S: ClientIo>(
 ) {
     let mut conn = Conn {
         client,
-        peer: peer.ip(),
+        peer: peer.ip().to_string(),
         port,
         https,
         buf: BytesMut::with_capacity(8 * 1024),
         ubuf: BytesMut::new(),
+        head: Vec::with_capacity(1024),
         out: Vec::with_capacity(2 * 1024),
         timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
         stopping: Box::pin(stopped(stop.clone())),
@@ -341,7 +344,8 @@ enum Fault {
 /// One client connection and its buffers.
 struct Conn<S> {
     client: S,
-    peer: IpAddr,
+    /// The client's address, as the text X-Forwarded-For carries.
+    peer: String,
     /// The port the client connected to, sent as X-Forwarded-Port.
     port: u16,
     /// Whether the client connected over TLS.
@@ -350,6 +354,8 @@ struct Conn<S> {
     buf: BytesMut,
     /// Bytes read from the app and not yet used.
     ubuf: BytesMut,
+    /// The request head for the app, kept while the request is forwarded (and retried).
+    head: Vec<u8>,
     /// A head being written, with the body bytes that go out with it.
     out: Vec<u8>,
     /// The deadline of the IO under way. One timer per connection, moved on by each
@@ -420,14 +426,14 @@ impl<S: ClientIo> Conn<S> {
             let (started, at) =
                 *received.get_or_insert_with(|| (Instant::now(), SystemTime::now()));
             let fwd = Forwarding {
-                client: Some(self.peer),
+                client: Some(&self.peer),
                 proto: if self.https { "https" } else { "http" },
                 port: self.port,
                 start_ms: at
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
             };
-            match head::request(&self.buf, &fwd, &mut self.out) {
+            match head::request(&self.buf, &fwd, &mut self.head) {
                 Ok(req) => break (req, started),
                 // A head over the limit is still read up to twice the limit, so that its 431
                 // can be counted against the app it names.
@@ -525,11 +531,12 @@ impl<S: ClientIo> Conn<S> {
         {
             return Next::Close;
         }
-        let upstream_head = std::mem::take(&mut self.out);
+        // Taken and put back, so that its room is kept for the next request.
+        let upstream_head = std::mem::take(&mut self.head);
         let next = self
             .forward(shared, route, lease, &upstream_head, &mut record)
             .await;
-        self.out = upstream_head;
+        self.head = upstream_head;
         record.log();
         match next {
             Next::KeepAlive if req.keep_alive => Next::KeepAlive,
