@@ -114,16 +114,24 @@ impl AppRoute {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
+        // With one instance there is no turn to take: the shared counter is left alone, as
+        // every router thread would otherwise write the same cache line on each request.
+        let start = if n > 1 {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        // Read only if some instance was ever quarantined (0 means never).
+        let mut now = None;
         // Rank: untried before tried, healthy before quarantined, then fewest in flight.
         let mut best: Option<(usize, (bool, bool, usize))> = None;
         for k in 0..n {
             let i = (start + k) % n;
             let load = &self.load[i];
+            let until = load.quarantined_until.load(Ordering::Relaxed);
             let rank = (
                 tried.contains(&self.backends[i]),
-                load.quarantined_until.load(Ordering::Relaxed) > now,
+                until != 0 && until > *now.get_or_insert_with(now_ms),
                 load.in_flight.load(Ordering::Relaxed),
             );
             if best.is_none_or(|(_, r)| rank < r) {

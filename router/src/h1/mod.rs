@@ -391,11 +391,14 @@ struct Record<'a> {
     status: u16,
     bytes: u64,
     started: Instant,
+    /// When the answer was sent, if the clock was read for it already.
+    ended: Option<Instant>,
 }
 
 impl Record<'_> {
     fn log(&self) {
-        let elapsed = self.started.elapsed();
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        let elapsed = ended.saturating_duration_since(self.started);
         if let Some(route) = self.route {
             route.stats().record(self.status, elapsed);
         }
@@ -469,6 +472,7 @@ impl<S: ClientIo> Conn<S> {
             status: 0,
             bytes: 0,
             started,
+            ended: None,
         };
         let snapshot = shared.routes.snapshot();
         let Some(route) = snapshot.lookup(&req.host) else {
@@ -565,7 +569,7 @@ impl<S: ClientIo> Conn<S> {
             let pooled = if fresh_only {
                 None
             } else {
-                pool::take(backend)
+                pool::take(backend, record.started)
             };
             let reused = pooled.is_some();
             let mut upstream = match pooled {
@@ -714,8 +718,10 @@ impl<S: ClientIo> Conn<S> {
             {
                 Ok(bytes) => {
                     record.bytes = bytes;
+                    let ended = Instant::now();
+                    record.ended = Some(ended);
                     if resp.reusable && self.ubuf.is_empty() {
-                        pool::put(backend, upstream);
+                        pool::put(backend, upstream, ended);
                     }
                     let delimited = resp.framing != Framing::UntilClose && !dechunk;
                     if body_sent && delimited && req.framing != Framing::UntilClose {
