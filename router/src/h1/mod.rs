@@ -151,7 +151,10 @@ async fn accept_loop(
     });
     // Each connection task holds a sender; when all are gone, the channel closes.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let stopping = stopped(stop.clone());
+    // This thread's connections watch a stop of their own, passed on from `stop`: a watch shared
+    // by every thread would have each request lock and write the same cache line on all cores.
+    let (local_stop, local_rx) = watch::channel(false);
+    let stopping = stopped(stop);
     tokio::pin!(stopping);
     loop {
         let (accepted, over_tls) = tokio::select! {
@@ -163,7 +166,7 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 let shared = Arc::clone(&shared);
-                let stop = stop.clone();
+                let stop = local_rx.clone();
                 let open = open_tx.clone();
                 tokio::spawn(async move {
                     if over_tls {
@@ -181,6 +184,7 @@ async fn accept_loop(
             }
         }
     }
+    let _ = local_stop.send(true);
     drop(listener);
     drop(tls_listener);
     drop(open_tx);
