@@ -4,6 +4,7 @@
 
 mod client;
 mod env;
+mod log_output;
 mod server;
 
 use std::net::SocketAddr;
@@ -409,9 +410,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             router_connect_timeout_secs,
             router_read_timeout_secs,
         } => {
+            // Kept until the server returns, when dropping it writes out buffered access lines.
+            let log_output = log_output::LogOutput::stdout();
             tracing_subscriber::fmt()
                 // Colours only on a terminal: a log file gets plain `key=value` fields.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .with_writer(log_output.handle())
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,pingora=warn,russh=warn,sqlx=warn".into()),

@@ -35,6 +35,7 @@ use std::time::Duration;
 use slipway_core::routes::Routes;
 use slipway_core::tls::Certs;
 
+pub use proxy::ACCESS_LOG;
 pub use server::RouterHandle;
 
 /// How the router listens.

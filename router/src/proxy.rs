@@ -455,7 +455,7 @@ impl ProxyHttp for Router {
 
 /// The `tracing` target of the access log: one event per request, at info level. Turn it off
 /// with `RUST_LOG=info,slipway::access=off`.
-pub(crate) const ACCESS_LOG: &str = "slipway::access";
+pub const ACCESS_LOG: &str = "slipway::access";
 
 /// Sends the router's page for `failure`, with Content-Type, Content-Length and X-Request-Id.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, failure: Failure) -> Result<()> {
