@@ -18,16 +18,14 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// The longest an access line waits in the buffer.
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Room for a few hundred access lines.
 const BUFFER_BYTES: usize = 64 * 1024;
-
-type Shared<W> = Arc<Mutex<BufWriter<W>>>;
 
 /// Where the server's `tracing` output goes; see the module docs. Dropping the last handle
 /// writes out what is buffered.
 pub(crate) struct LogOutput<W: Write = io::Stdout> {
-    out: Shared<W>,
+    out: Arc<Mutex<BufWriter<W>>>,
 }
 
 impl LogOutput {

@@ -157,6 +157,17 @@ fn framing(lengths: &[&[u8]], codings: &[&[u8]], is_request: bool) -> Result<Fra
     })
 }
 
+/// The length of a head httparse read whole, or why there is none yet; `malformed` says what
+/// a head it could not read is.
+fn head_len(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<usize, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(n),
+        Ok(httparse::Status::Partial) => Err(HeadError::Partial),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyFields),
+        Err(_) => Err(HeadError::Invalid(malformed)),
+    }
+}
+
 /// Reads the request head at the start of `buf` and writes the head for the app into `out`.
 pub(crate) fn request(
     buf: &[u8],
@@ -171,12 +182,7 @@ pub(crate) fn request(
         buf,
         &mut fields,
     );
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
-        Err(_) => return Err(HeadError::Invalid("malformed request head")),
-    };
+    let head_len = head_len(parsed, "malformed request head")?;
     let minor = req.version.unwrap_or(1);
     let method = http::Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Invalid("invalid method"))?;
@@ -370,12 +376,7 @@ pub(crate) fn response(
         buf,
         &mut fields,
     );
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
-        Err(_) => return Err(HeadError::Invalid("malformed response head")),
-    };
+    let head_len = head_len(parsed, "malformed response head")?;
     let status = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
     let mut lengths: Vec<&[u8]> = Vec::new();

@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,53 +24,10 @@ struct Idle {
     since: Instant,
 }
 
-/// Hashes instance addresses for the pool's map, a word at a time (the FxHash step). The
-/// addresses come from the controller, never from clients, so the flood resistance of the
-/// standard SipHash buys nothing here, and SipHash was a visible share of each request's CPU.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl AddrHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(n.into());
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(n.into());
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(n.into());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
-
-type Pool = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
+/// Keyed with foldhash's fast hasher (already in the build, under hashbrown): the addresses come
+/// from the controller, never from clients, so the flood resistance of the standard SipHash buys
+/// nothing here, and SipHash was a visible share of each request's CPU.
+type Pool = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
