@@ -4,6 +4,7 @@
 # `router/examples/static_routes`, 2 threads as nginx has 2 workers) routing `app.bench.test` to
 # the same backend, plus 10,000 generated apps so the table is the size of a busy server's.
 # Also prints the router's resident memory with that table, idle and after the run.
+# ACCESS_LOG=1 logs every request as `slipway server` does (to /dev/null, through a buffer).
 #   bench/router.sh               REPS=3 ... (see ../shared/bench/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,13 +8,28 @@
 //! Arguments: the listen address, then `host=backend[,backend...]` routes, or `+N=backend` for
 //! N generated apps (`app<i>.bench.test` and `www.customer<i>.example.com` each), to measure the
 //! router's memory with a large table. Closing stdin (or Ctrl-C) stops it.
+//!
+//! With `ACCESS_LOG=1` it logs as `slipway server` does: every request's `slipway::access` line
+//! to standard output through a 64 KiB buffer, to measure the access log's cost.
 
+use std::io::{BufWriter, Stdout, Write};
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 
 use slipway_core::routes::{AppRoute, RouteTable, Routes};
 use slipway_router::RouterConfig;
 
 fn main() {
+    let log = (std::env::var_os("ACCESS_LOG").is_some_and(|v| v == "1")).then(|| {
+        let out: &'static Mutex<BufWriter<Stdout>> = Box::leak(Box::new(Mutex::new(
+            BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        )));
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Line(out))
+            .init();
+        out
+    });
     let mut args = std::env::args().skip(1);
     let usage = "usage: static_routes LISTEN HOST=BACKEND[,BACKEND...]...";
     let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
@@ -62,4 +77,25 @@ fn main() {
     });
     let _ = rx.recv();
     router.stop();
+    if let Some(out) = log {
+        let _ = out.lock().map(|mut out| out.flush());
+    }
+}
+
+/// One log line's writer: the line goes into the shared buffer whole.
+struct Line(&'static Mutex<BufWriter<Stdout>>);
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let mut out = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -21,6 +21,7 @@
 //! - The router never takes process signals and never exits the process. The embedding process
 //!   (`slipway server`) handles Ctrl-C and SIGTERM and calls [`RouterHandle::stop`].
 
+mod access;
 mod forwarded;
 mod h1;
 mod pages;
@@ -35,7 +36,7 @@ use std::time::Duration;
 use slipway_core::routes::Routes;
 use slipway_core::tls::Certs;
 
-pub use proxy::ACCESS_LOG;
+pub use access::ACCESS_LOG;
 pub use server::RouterHandle;
 
 /// How the router listens.

@@ -48,6 +48,7 @@ use pingora::{Error, ErrorType, Result};
 use slipway_core::routes::{AppRoute, Lease, Routes};
 
 use crate::RouterLimits;
+use crate::access::Entry;
 use crate::forwarded::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT};
 use crate::forwarded::{X_FORWARDED_PROTO, X_REQUEST_ID, X_REQUEST_START};
 use crate::pages::{self, Failure};
@@ -436,26 +437,21 @@ impl ProxyHttp for Router {
             route.stats().record(status, elapsed);
         }
         let req = session.req_header();
-        tracing::info!(
-            target: ACCESS_LOG,
-            method = %req.method,
-            host = %ctx.host,
-            path = %req.uri.path(),
+        Entry {
+            method: req.method.as_str(),
+            host: &ctx.host,
+            path: req.uri.path(),
             status,
-            app = %ctx.app(),
-            backend = %ctx.backend().map(|b| b.to_string()).unwrap_or_default(),
-            attempts = ctx.attempts,
-            bytes = session.body_bytes_sent(),
-            service_ms = elapsed.as_millis() as u64,
-            request_id = %ctx.request_id,
-            "route: request"
-        );
+            app: ctx.app(),
+            backend: ctx.backend(),
+            attempts: ctx.attempts,
+            bytes: session.body_bytes_sent() as u64,
+            service_ms: elapsed.as_millis() as u64,
+            request_id: &ctx.request_id,
+        }
+        .log();
     }
 }
-
-/// The `tracing` target of the access log: one event per request, at info level. Turn it off
-/// with `RUST_LOG=info,slipway::access=off`.
-pub const ACCESS_LOG: &str = "slipway::access";
 
 /// Sends the router's page for `failure`, with Content-Type, Content-Length and X-Request-Id.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, failure: Failure) -> Result<()> {

@@ -51,8 +51,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Sleep, timeout};
 
 use crate::RouterLimits;
+use crate::access::Entry;
 use crate::pages::{self, Failure};
-use crate::proxy::{ACCESS_LOG, Router};
+use crate::proxy::Router;
 use crate::redirect;
 use crate::tls::{self, TlsListener};
 use head::{ClientSide, Forwarding, Framing, HeadError};
@@ -406,21 +407,19 @@ impl Record<'_> {
         if let Some(route) = self.route {
             route.stats().record(self.status, elapsed);
         }
-        let path = self.req.target.split('?').next().unwrap_or("");
-        tracing::info!(
-            target: ACCESS_LOG,
-            method = %self.req.method,
-            host = %self.req.host,
-            path,
-            status = self.status,
-            app = %self.route.map_or("", |r| r.app.as_str()),
-            backend = %self.backend.map(|b| b.to_string()).unwrap_or_default(),
-            attempts = self.attempts,
-            bytes = self.bytes,
-            service_ms = elapsed.as_millis() as u64,
-            request_id = %self.req.request_id,
-            "route: request"
-        );
+        Entry {
+            method: self.req.method.as_str(),
+            host: &self.req.host,
+            path: self.req.target.split('?').next().unwrap_or(""),
+            status: self.status,
+            app: self.route.map_or("", |r| r.app.as_str()),
+            backend: self.backend,
+            attempts: self.attempts,
+            bytes: self.bytes,
+            service_ms: elapsed.as_millis() as u64,
+            request_id: &self.req.request_id,
+        }
+        .log();
     }
 }
 
