@@ -8,9 +8,9 @@
 //!   backend=127.0.0.1:32768 attempts=1 bytes=1024 service_ms=3 request_id=0e32...
 //! ```
 //!
-//! (one line). Visiting eleven fields through `fmt` cost about 4 us of CPU per request, as
-//! much as the rest of the router's own work on it. Nothing is formatted when the target is
-//! off (`RUST_LOG=info,slipway::access=off`).
+//! (one line). With the server's formatter, a line written this way costs about 1.9 us, where
+//! eleven fields visited through `fmt` cost 2.6 us. Nothing is formatted when the target is off
+//! (`RUST_LOG=info,slipway::access=off`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -59,8 +59,7 @@ impl fmt::Display for Entry<'_> {
         f.write_str(" backend=")?;
         match self.backend {
             Some(SocketAddr::V4(a)) => {
-                let [a0, a1, a2, a3] = a.ip().octets();
-                for (i, octet) in [a0, a1, a2, a3].into_iter().enumerate() {
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
                     if i > 0 {
                         f.write_str(".")?;
                     }
