@@ -26,6 +26,7 @@
 //! to an app is pooled only after a complete response that left it reusable; a client
 //! connection is kept only when the request was read to its end.
 
+mod balance;
 mod chunked;
 mod head;
 mod pool;
@@ -56,6 +57,7 @@ use crate::pages::{self, Failure};
 use crate::proxy::Router;
 use crate::redirect;
 use crate::tls::{self, TlsListener};
+use balance::{Balance, Counted, Handover};
 use head::{ClientSide, Forwarding, Framing, HeadError};
 
 /// What an HTTP/2 client sends first, before anything else (RFC 9113 §3.4).
@@ -98,7 +100,8 @@ pub(crate) fn spawn(
     grace: Duration,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(threads);
-    for n in 0..threads {
+    let (balance, inboxes) = Balance::new(threads);
+    for (n, inbox) in inboxes.into_iter().enumerate() {
         let listeners = Listeners {
             plain: listener.try_clone()?,
             tls: tls_listener.as_ref().map(|l| l.try_clone()).transpose()?,
@@ -108,17 +111,32 @@ pub(crate) fn spawn(
             .enable_io()
             .enable_time()
             .build()?;
-        let shared = Arc::clone(&shared);
+        let thread = Thread {
+            index: n,
+            balance: Arc::clone(&balance),
+            inbox,
+            shared: Arc::clone(&shared),
+        };
         let stop = stop.clone();
         let handle = thread::Builder::new()
             .name(format!("slipway-http-{n}"))
             .spawn(move || {
-                runtime.block_on(accept_loop(listeners, shared, stop, grace));
+                runtime.block_on(accept_loop(listeners, thread, stop, grace));
                 // Dropping the runtime cancels the connections still open after the grace.
             })?;
         handles.push(handle);
     }
     Ok(handles)
+}
+
+/// What one router thread serves with, besides the listen sockets.
+struct Thread {
+    /// The thread's place among the router's threads.
+    index: usize,
+    balance: Arc<Balance>,
+    /// Connections other threads accepted and handed over to this one.
+    inbox: mpsc::UnboundedReceiver<Handover>,
+    shared: Arc<Shared>,
 }
 
 /// One thread's handles on the listen sockets.
@@ -129,7 +147,7 @@ struct Listeners {
 
 async fn accept_loop(
     listeners: Listeners,
-    shared: Arc<Shared>,
+    mut thread: Thread,
     stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -155,41 +173,84 @@ async fn accept_loop(
     // This thread's connections watch a stop of their own, passed on from `stop`: a watch shared
     // by every thread would have each request lock and write the same cache line on all cores.
     let (local_stop, local_rx) = watch::channel(false);
+    let serve = |client: TcpStream, peer: SocketAddr, over_tls: bool, counted: Counted| {
+        let shared = Arc::clone(&thread.shared);
+        let stop = local_rx.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            if over_tls {
+                tls_connection(client, peer, &shared, stop).await;
+            } else {
+                connection(client, peer, &shared, stop).await;
+            }
+            drop((open, counted));
+        });
+    };
     let stopping = stopped(stop);
     tokio::pin!(stopping);
     loop {
         let (accepted, over_tls) = tokio::select! {
             biased;
             () = &mut stopping => break,
+            Some(handover) = thread.inbox.recv() => {
+                take_over(handover, serve);
+                continue;
+            }
             accepted = listener.accept() => (accepted, false),
             accepted = accept_on(tls_listener.as_ref()) => (accepted, true),
         };
-        match accepted {
-            Ok((client, peer)) => {
-                let shared = Arc::clone(&shared);
-                let stop = local_rx.clone();
-                let open = open_tx.clone();
-                tokio::spawn(async move {
-                    if over_tls {
-                        tls_connection(client, peer, &shared, stop).await;
-                    } else {
-                        connection(client, peer, &shared, stop).await;
-                    }
-                    drop(open);
-                });
-            }
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(code = "router_accept", error = %e, "route: accept failed");
                 // Out of file descriptors: accepting again at once would fail the same way.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let counted = thread.balance.place(thread.index);
+        if counted.thread() == thread.index {
+            serve(client, peer, over_tls, counted);
+            continue;
         }
+        let stream = match client.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(code = "router_accept", error = %e, "route: cannot hand a connection over");
+                continue;
+            }
+        };
+        let handover = Handover {
+            stream,
+            peer,
+            over_tls,
+            counted,
+        };
+        if let Err(mut handover) = thread.balance.hand_over(handover) {
+            handover.counted.move_to(thread.index);
+            take_over(handover, serve);
+        }
+    }
+    // Connections handed over before the stop were accepted: they are served like the rest.
+    thread.inbox.close();
+    while let Some(handover) = thread.inbox.recv().await {
+        take_over(handover, serve);
     }
     let _ = local_stop.send(true);
     drop(listener);
     drop(tls_listener);
     drop(open_tx);
     let _ = timeout(grace, open_rx.recv()).await;
+}
+
+/// Serves on this thread a connection that another thread accepted and counted against this one.
+fn take_over(handover: Handover, serve: impl Fn(TcpStream, SocketAddr, bool, Counted)) {
+    match TcpStream::from_std(handover.stream) {
+        Ok(client) => serve(client, handover.peer, handover.over_tls, handover.counted),
+        Err(e) => {
+            tracing::warn!(code = "router_accept", error = %e, "route: cannot take a connection over");
+        }
+    }
 }
 
 /// Resolves once `stop` turns true; never, if its sender is dropped without stopping.
