@@ -70,6 +70,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The largest response head accepted from an app.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The largest response body held back until it is complete, to go out with its head in one
+/// write; a larger one streams from its first bytes.
+const WHOLE_WRITE: u64 = 16 * 1024;
 /// Bytes of an unread request body read and dropped before closing, so the client sees the
 /// answer rather than a reset.
 const LINGER_BYTES: usize = 256 * 1024;
@@ -851,10 +854,7 @@ impl<S: ClientIo> Conn<S> {
                     self.ubuf.advance(resp.head_len);
                     // The router answered `Expect` itself, so the app's 100 is not passed on.
                     if resp.status != 100 {
-                        let interim = std::mem::take(&mut self.out);
-                        let sent = self.write_client_raw(&interim).await;
-                        self.out = interim;
-                        sent.map_err(|_| ReadFault::ClientGone)?;
+                        self.flush_out().await.map_err(|_| ReadFault::ClientGone)?;
                     }
                     continue;
                 }
@@ -900,6 +900,10 @@ impl<S: ClientIo> Conn<S> {
             // lets head and body go to the client in one write.
             let _ = upstream.try_read_buf(&mut self.ubuf);
         }
+        // A small body of known length is waited for, so that head and body still go out in one
+        // write, as nginx's `postpone_output` does: a head written alone costs a segment, a
+        // syscall and a wake-up of the client.
+        let whole = matches!(resp.framing, Framing::Length(n) if n <= WHOLE_WRITE);
         loop {
             let before = self.out.len();
             let taken = body
@@ -907,25 +911,39 @@ impl<S: ClientIo> Conn<S> {
                 .map_err(|_| (bytes, "malformed chunked body from the app".to_owned()))?;
             bytes += (self.out.len() - before) as u64;
             self.ubuf.advance(taken);
-            if !self.out.is_empty() {
-                let out = std::mem::take(&mut self.out);
-                let sent = self.write_client_raw(&out).await;
-                self.out = out;
-                self.out.clear();
-                sent.map_err(|e| (bytes, format!("client: {e}")))?;
+            if !self.out.is_empty() && (body.is_done() || !whole) {
+                self.flush_out()
+                    .await
+                    .map_err(|e| (bytes, format!("client: {e}")))?;
             }
             if body.is_done() {
                 return Ok(bytes);
             }
             let read = read_into(upstream, &mut self.ubuf);
-            match within(&mut self.timer, read_timeout, read).await {
+            let why = match within(&mut self.timer, read_timeout, read).await {
                 Some(Ok(0)) if matches!(body, BodyState::UntilClose) => return Ok(bytes),
-                Some(Ok(0)) => return Err((bytes, "closed before the end of the body".into())),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err((bytes, e.to_string())),
-                None => return Err((bytes, "timed out in the body".into())),
-            }
+                Some(Ok(0)) => "closed before the end of the body".to_owned(),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => e.to_string(),
+                None => "timed out in the body".to_owned(),
+            };
+            // What was held back goes out, so the client sees the answer cut short, as it
+            // would have without the wait.
+            let _ = self.flush_out().await;
+            return Err((bytes, why));
         }
+    }
+
+    /// Writes `self.out` to the client and empties it.
+    async fn flush_out(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let sent = self.write_client_raw(&out).await;
+        self.out = out;
+        self.out.clear();
+        sent
     }
 
     /// After a 101: the head in `self.out`, then bytes both ways until either side closes.

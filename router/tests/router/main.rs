@@ -698,3 +698,66 @@ async fn wire_level_requests_are_answered_as_http_says() {
     assert!(out.contains("Connection: keep-alive\r\n"), "{out}");
     assert!(out.contains("get /b"), "{out}");
 }
+
+/// An instance that answers each connection's first request with `parts`, written one at a
+/// time with `pause` between them, then closes.
+async fn scripted_app(parts: &'static [&'static [u8]], pause: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                for part in parts {
+                    if conn.write_all(part).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_small_body_goes_out_with_its_head_in_one_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start();
+    let parts: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
+    let addr = scripted_app(parts, Duration::from_millis(300)).await;
+    h.publish(&[("web.slipway.test", "web", vec![addr])]);
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", h.port()))
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: web.slipway.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The app sends the body 300 ms after the head; the router holds the head back until then,
+    // so the first read has all of the answer.
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_reaches_the_client_as_far_as_it_came() {
+    let h = Harness::start();
+    let parts: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"];
+    let addr = scripted_app(parts, Duration::ZERO).await;
+    h.publish(&[("web.slipway.test", "web", vec![addr])]);
+
+    // The app closes after 3 of 10 bytes: the client gets the head and those 3, then the close.
+    let answer = raw_exchange(
+        h.port(),
+        b"GET / HTTP/1.1\r\nHost: web.slipway.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
+}
