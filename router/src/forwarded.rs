@@ -100,11 +100,13 @@ fn is_valid_request_id(id: &str) -> bool {
 pub(crate) fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = rand::random::<u128>();
-    // By hand rather than `format!`: this runs for nearly every request.
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[(n >> (4 * i)) as usize & 0xf]))
-        .collect()
+    // By hand rather than `format!` or a `collect` of chars: this runs for nearly every request.
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().rev().enumerate() {
+        *digit = HEX[(n >> (4 * i)) as usize & 0xf];
+    }
+    // Hex digits are ASCII, so this never falls back to the empty id.
+    std::str::from_utf8(&id).unwrap_or_default().to_owned()
 }
 
 /// The X-Forwarded-For value to send upstream: the values the client sent, in order, then the

@@ -12,6 +12,8 @@
 
 use std::mem::MaybeUninit;
 
+use smallvec::SmallVec;
+
 use crate::forwarded;
 
 /// The most header fields read in one head.
@@ -75,22 +77,22 @@ pub(crate) struct Forwarding<'a> {
 }
 
 /// Fields that describe one connection only (RFC 9110 §7.6.1), never forwarded.
-fn is_hop_by_hop(name: &str) -> bool {
-    const FIELDS: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const FIELDS: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
     ];
     FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// The fields the router sets on every request to the app, replacing the client's.
-fn is_set_by_router(name: &str) -> bool {
+fn is_set_by_router(name: &[u8]) -> bool {
     const FIELDS: [&str; 6] = [
         forwarded::X_FORWARDED_FOR,
         forwarded::X_FORWARDED_PROTO,
@@ -99,19 +101,104 @@ fn is_set_by_router(name: &str) -> bool {
         forwarded::X_REQUEST_ID,
         forwarded::X_REQUEST_START,
     ];
-    FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+    FIELDS
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
-/// Whether the comma-separated list `value` holds `token`, ignoring case.
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// The options of a message's `Connection` fields, read once per head rather than once per
+/// field name checked against them.
+#[derive(Default)]
+struct Options<'a> {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    /// The other fields named, apart from the hop-by-hop ones, which go anyway. Rare: a `Vec`
+    /// allocates only when there is one.
+    named: Vec<&'a [u8]>,
 }
 
-/// Whether `name` is among the tokens of the `Connection` fields.
-fn nominated(connection: &[&[u8]], name: &str) -> bool {
-    connection.iter().any(|v| has_token(v, name))
+impl<'a> Options<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if !token.is_empty() && !is_hop_by_hop(token) {
+                self.named.push(token);
+            }
+        }
+    }
+
+    /// Whether the field `name` describes this connection only, by the standard or because
+    /// the `Connection` fields name it (RFC 9110 §7.6.1).
+    fn drops(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name)
+            || (self.close && name.eq_ignore_ascii_case(b"close"))
+            || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The values of the fields of one name in a head; most heads have one at most.
+type Values<'a> = SmallVec<[&'a [u8]; 2]>;
+
+/// Copies the fields of a parsed head (`head_len` bytes at the start of `buf`) that `keep`
+/// picks to `out`. A field line ending in CRLF goes out as it came, and adjacent ones in a
+/// single copy; one ending in a bare LF is rebuilt with CRLF.
+fn copy_fields(
+    buf: &[u8],
+    head_len: usize,
+    fields: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) {
+    // httparse's slices point into `buf`: a field's line runs from its name to the next
+    // field's name, and the last one's to the blank line that ends the head.
+    let base = buf.as_ptr() as usize;
+    let start = |f: &httparse::Header<'_>| {
+        (f.name.as_ptr() as usize)
+            .checked_sub(base)
+            .filter(|&at| at < head_len)
+    };
+    let head = &buf[..head_len.min(buf.len())];
+    let fields_end = head
+        .len()
+        .saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
+    let mut run: Option<std::ops::Range<usize>> = None;
+    for (i, f) in fields.iter().enumerate() {
+        if !keep(f) {
+            if let Some(r) = run.take() {
+                out.extend_from_slice(&head[r]);
+            }
+            continue;
+        }
+        let end = match fields.get(i + 1) {
+            Some(next) => start(next),
+            None => Some(fields_end),
+        };
+        let line = start(f)
+            .zip(end)
+            .filter(|&(s, e)| s < e && head[s..e].ends_with(b"\r\n"))
+            .map(|(s, e)| s..e);
+        match (line, &mut run) {
+            (Some(line), Some(r)) if r.end == line.start => r.end = line.end,
+            (line, run) => {
+                if let Some(r) = run.take() {
+                    out.extend_from_slice(&head[r]);
+                }
+                match line {
+                    Some(line) => *run = Some(line),
+                    None => field(out, f.name.as_bytes(), f.value),
+                }
+            }
+        }
+    }
+    if let Some(r) = run {
+        out.extend_from_slice(&head[r]);
+    }
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -190,10 +277,10 @@ pub(crate) fn request(
 
     let mut host_field: Option<&[u8]> = None;
     let mut hosts = 0;
-    let mut lengths: Vec<&[u8]> = Vec::new();
-    let mut codings: Vec<&[u8]> = Vec::new();
-    let mut connection: Vec<&[u8]> = Vec::new();
-    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    let mut lengths = Values::new();
+    let mut codings = Values::new();
+    let mut options = Options::default();
+    let mut forwarded_for = Values::new();
     let mut upgrade: Option<&[u8]> = None;
     let mut expect_continue = false;
     let mut sent_id: Option<&[u8]> = None;
@@ -207,7 +294,7 @@ pub(crate) fn request(
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             codings.push(f.value);
         } else if name.eq_ignore_ascii_case("connection") {
-            connection.push(f.value);
+            options.add(f.value);
         } else if name.eq_ignore_ascii_case(forwarded::X_FORWARDED_FOR) {
             forwarded_for.push(f.value);
         } else if name.eq_ignore_ascii_case("upgrade") {
@@ -233,16 +320,20 @@ pub(crate) fn request(
             None => "",
         },
     };
-    let host = host.rsplit('@').next().unwrap_or(host).trim().to_owned();
+    // Userinfo before an `@` is dropped; a byte scan, as the char searcher costs more here.
+    let host = match host.bytes().rposition(|b| b == b'@') {
+        Some(at) => &host[at + 1..],
+        None => host,
+    };
+    let host = host.trim().to_owned();
 
-    let close = nominated(&connection, "close");
     let keep_alive = if minor >= 1 {
-        !close
+        !options.close
     } else {
-        !close && nominated(&connection, "keep-alive")
+        !options.close && options.keep_alive
     };
     let upgrade = match upgrade {
-        Some(protocol) if minor >= 1 && nominated(&connection, "upgrade") => Some(protocol),
+        Some(protocol) if minor >= 1 && options.upgrade => Some(protocol),
         _ => None,
     };
     let request_id = forwarded::request_id_from(sent_id);
@@ -252,18 +343,13 @@ pub(crate) fn request(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for f in req.headers.iter() {
-        let name = f.name;
-        if is_hop_by_hop(name)
+    copy_fields(buf, head_len, req.headers, out, |f| {
+        let name = f.name.as_bytes();
+        !(options.drops(name)
             || is_set_by_router(name)
-            || nominated(&connection, name)
-            || (name.eq_ignore_ascii_case("host") && authority.is_some())
-            || (expect_continue && name.eq_ignore_ascii_case("expect"))
-        {
-            continue;
-        }
-        field(out, name.as_bytes(), f.value);
-    }
+            || (authority.is_some() && name.eq_ignore_ascii_case(b"host"))
+            || (expect_continue && name.eq_ignore_ascii_case(b"expect")))
+    });
     if authority.is_some() {
         field(out, b"Host", host.as_bytes());
     }
@@ -379,16 +465,16 @@ pub(crate) fn response(
     let head_len = head_len(parsed, "malformed response head")?;
     let status = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
-    let mut lengths: Vec<&[u8]> = Vec::new();
-    let mut codings: Vec<&[u8]> = Vec::new();
-    let mut connection: Vec<&[u8]> = Vec::new();
+    let mut lengths = Values::new();
+    let mut codings = Values::new();
+    let mut options = Options::default();
     for f in resp.headers.iter() {
         if f.name.eq_ignore_ascii_case("content-length") {
             lengths.push(f.value);
         } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
             codings.push(f.value);
         } else if f.name.eq_ignore_ascii_case("connection") {
-            connection.push(f.value);
+            options.add(f.value);
         }
     }
     let switching = status == 101;
@@ -401,9 +487,9 @@ pub(crate) fn response(
     let reusable = !switching
         && framing != Framing::UntilClose
         && if minor >= 1 {
-            !nominated(&connection, "close")
+            !options.close
         } else {
-            nominated(&connection, "keep-alive")
+            options.keep_alive
         };
 
     out.clear();
@@ -414,26 +500,20 @@ pub(crate) fn response(
     out.extend_from_slice(b"\r\n");
     // An HTTP/1.0 client cannot read chunks; the router sends it the data alone and closes.
     let dechunk = framing == Framing::Chunked && client.minor == 0;
-    for f in resp.headers.iter() {
-        let name = f.name;
+    copy_fields(buf, head_len, resp.headers, out, |f| {
+        let name = f.name.as_bytes();
         if switching {
-            field(out, name.as_bytes(), f.value);
-            continue;
+            return true;
         }
-        let drop = if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
             // Chunks win over a length (RFC 9112 §6.3), and the chunks are what is forwarded.
-            framing == Framing::Chunked
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            dechunk
+            framing != Framing::Chunked
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            !dechunk
         } else {
-            is_hop_by_hop(name)
-                || nominated(&connection, name)
-                || name.eq_ignore_ascii_case(forwarded::X_REQUEST_ID)
-        };
-        if !drop {
-            field(out, name.as_bytes(), f.value);
+            !(options.drops(name) || name.eq_ignore_ascii_case(forwarded::X_REQUEST_ID.as_bytes()))
         }
-    }
+    });
     if !interim {
         field(out, b"X-Request-Id", client.request_id.as_bytes());
         let closes = !client.keep_alive || framing == Framing::UntilClose || dechunk;
@@ -492,6 +572,34 @@ mod tests {
                 "X-Forwarded-Host: web.example.com:8080\r\nX-Forwarded-Port: 8080\r\n",
                 "X-Request-Id: abc-1\r\nX-Request-Start: 1234\r\n\r\n"
             )
+        );
+    }
+
+    #[test]
+    fn kept_fields_go_out_as_they_came_and_bare_line_feeds_become_crlf() {
+        // Runs of kept lines broken by dropped ones, odd spacing kept, bare LFs (which httparse
+        // accepts) rebuilt, in the middle and as the last field, and a field `Connection: close`
+        // names.
+        let (_, out) = req(concat!(
+            "GET / HTTP/1.1\r\nHost: h\r\nA:1\r\nB:  two  \r\nTE: x\r\nC: 3\nD: 4\r\n",
+            "Connection: close\r\nClose: x\r\nX-Request-Id: r1\r\nE: 5\n\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            concat!(
+                "GET / HTTP/1.1\r\nHost: h\r\nA:1\r\nB:  two  \r\nC: 3\r\nD: 4\r\nE: 5\r\n",
+                "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n",
+                "X-Forwarded-Port: 8080\r\nX-Request-Id: r1\r\nX-Request-Start: 1234\r\n\r\n"
+            )
+        );
+        let (_, out) = resp(
+            "HTTP/1.1 200 OK\nA: 1\nContent-Length: 0\n\n",
+            client(1, true),
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nA: 1\r\nContent-Length: 0\r\nX-Request-Id: rid\r\n\r\n"
         );
     }
 
