@@ -262,9 +262,14 @@ impl AppStats {
 /// domain `*.example.com` is stored as `example.com` among the wildcards.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    hosts: HashMap<String, Arc<AppRoute>>,
-    wildcards: HashMap<String, Arc<AppRoute>>,
+    hosts: HostMap,
+    wildcards: HostMap,
 }
+
+/// Keyed with foldhash's fast hasher, seeded per process: every request looks its host up, and
+/// SipHash cost more than the rest of the lookup. The keys stored come from the controller, so
+/// the client-chosen names looked up cannot crowd the table.
+type HostMap = HashMap<String, Arc<AppRoute>, foldhash::fast::RandomState>;
 
 impl RouteTable {
     /// Adds `route` under each of `hosts`. A host `*.example.com` routes every name under

@@ -81,9 +81,17 @@ pub(crate) fn request_id(sent: Option<&HeaderValue>) -> String {
 
 /// [`request_id`] for a field value as bytes.
 pub(crate) fn request_id_from(sent: Option<&[u8]>) -> String {
+    let mut id = String::new();
+    write_request_id(sent, &mut id);
+    id
+}
+
+/// [`request_id_from`] into `id`, replacing what it held and keeping its room.
+pub(crate) fn write_request_id(sent: Option<&[u8]>, id: &mut String) {
+    id.clear();
     match sent.and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()) {
-        Some(id) if is_valid_request_id(id) => id.to_owned(),
-        _ => new_request_id(),
+        Some(sent) if is_valid_request_id(sent) => id.push_str(sent),
+        _ => write_new_request_id(id),
     }
 }
 
@@ -98,15 +106,22 @@ fn is_valid_request_id(id: &str) -> bool {
 
 /// A fresh random request id: 32 lower-case hex digits.
 pub(crate) fn new_request_id() -> String {
+    let mut id = String::with_capacity(32);
+    write_new_request_id(&mut id);
+    id
+}
+
+/// Appends a fresh [`new_request_id`] to `id`. By hand rather than `format!` or a `collect` of
+/// chars: this runs for nearly every request.
+fn write_new_request_id(id: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = rand::random::<u128>();
-    // By hand rather than `format!` or a `collect` of chars: this runs for nearly every request.
-    let mut id = [0u8; 32];
-    for (i, digit) in id.iter_mut().rev().enumerate() {
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().rev().enumerate() {
         *digit = HEX[(n >> (4 * i)) as usize & 0xf];
     }
-    // Hex digits are ASCII, so this never falls back to the empty id.
-    std::str::from_utf8(&id).unwrap_or_default().to_owned()
+    // Hex digits are ASCII, so this never falls back to appending nothing.
+    id.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 /// The X-Forwarded-For value to send upstream: the values the client sent, in order, then the

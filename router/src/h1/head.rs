@@ -66,6 +66,26 @@ pub(crate) struct Request {
     pub(crate) request_id: String,
 }
 
+/// The text fields of a [`Request`], kept by a connection from one request to the next so that
+/// their room is allocated once rather than for each request.
+#[derive(Debug, Default)]
+pub(crate) struct RequestText {
+    target: String,
+    host: String,
+    request_id: String,
+}
+
+impl Request {
+    /// Gives back the request's text fields, for the next request.
+    pub(crate) fn into_text(self) -> RequestText {
+        RequestText {
+            target: self.target,
+            host: self.host,
+            request_id: self.request_id,
+        }
+    }
+}
+
 /// Per-listener values the request head for the app carries.
 pub(crate) struct Forwarding<'a> {
     /// The client's address as text, written once per connection rather than per request.
@@ -255,11 +275,13 @@ fn head_len(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<
     }
 }
 
-/// Reads the request head at the start of `buf` and writes the head for the app into `out`.
+/// Reads the request head at the start of `buf` and writes the head for the app into `out`. The
+/// request's text goes into `text`'s room, taken when the head is complete.
 pub(crate) fn request(
     buf: &[u8],
     fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
+    text: &mut RequestText,
 ) -> Result<Request, HeadError> {
     // Left uninitialised: zeroing 128 fields for each head costs more than parsing a short one.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -325,7 +347,7 @@ pub(crate) fn request(
         Some(at) => &host[at + 1..],
         None => host,
     };
-    let host = host.trim().to_owned();
+    let host = host.trim();
 
     let keep_alive = if minor >= 1 {
         !options.close
@@ -336,7 +358,8 @@ pub(crate) fn request(
         Some(protocol) if minor >= 1 && options.upgrade => Some(protocol),
         _ => None,
     };
-    let request_id = forwarded::request_id_from(sent_id);
+    forwarded::write_request_id(sent_id, &mut text.request_id);
+    let request_id = text.request_id.as_str();
 
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -377,17 +400,21 @@ pub(crate) fn request(
     out.extend_from_slice(itoa::Buffer::new().format(fwd.start_ms).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
 
+    text.target.clear();
+    text.target.push_str(target);
+    text.host.clear();
+    text.host.push_str(host);
     Ok(Request {
         head_len,
         method,
-        target: target.to_owned(),
+        target: std::mem::take(&mut text.target),
         minor,
-        host,
+        host: std::mem::take(&mut text.host),
         framing,
         keep_alive,
         upgrade: upgrade.is_some(),
         expect_continue: expect_continue && minor >= 1,
-        request_id,
+        request_id: std::mem::take(&mut text.request_id),
     })
 }
 
@@ -547,7 +574,12 @@ mod tests {
 
     fn req(raw: &str) -> Result<(Request, String), HeadError> {
         let mut out = Vec::new();
-        let r = request(raw.as_bytes(), &fwd(), &mut out)?;
+        let r = request(
+            raw.as_bytes(),
+            &fwd(),
+            &mut out,
+            &mut RequestText::default(),
+        )?;
         Ok((r, String::from_utf8(out).unwrap()))
     }
 

@@ -58,7 +58,7 @@ use crate::proxy::Router;
 use crate::redirect;
 use crate::tls::{self, TlsListener};
 use balance::{Balance, Counted, Handover};
-use head::{ClientSide, Forwarding, Framing, HeadError};
+use head::{ClientSide, Forwarding, Framing, HeadError, RequestText};
 
 /// What an HTTP/2 client sends first, before anything else (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -345,6 +345,7 @@ async fn serve_h1<S: ClientIo>(
         ubuf: BytesMut::new(),
         head: Vec::with_capacity(1024),
         out: Vec::with_capacity(2 * 1024),
+        text: RequestText::default(),
         timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
         stopping: Box::pin(stopped(stop.clone())),
         served: false,
@@ -427,6 +428,8 @@ struct Conn<S> {
     head: Vec<u8>,
     /// A head being written, with the body bytes that go out with it.
     out: Vec<u8>,
+    /// Room for the text of the next request.
+    text: RequestText,
     /// The deadline of the IO under way. One timer per connection, moved on by each
     /// [`within`]: moving a deadline later touches no timer wheel, so the request path pays for
     /// a timer only when one fires.
@@ -503,7 +506,7 @@ impl<S: ClientIo> Conn<S> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
             };
-            match head::request(&self.buf, &fwd, &mut self.head) {
+            match head::request(&self.buf, &fwd, &mut self.head, &mut self.text) {
                 Ok(req) => break (req, started),
                 // A head over the limit is still read up to twice the limit, so that its 431
                 // can be counted against the app it names.
@@ -609,10 +612,12 @@ impl<S: ClientIo> Conn<S> {
             .await;
         self.head = upstream_head;
         record.log();
-        match next {
+        let next = match next {
             Next::KeepAlive if req.keep_alive => Next::KeepAlive,
             _ => Next::Close,
-        }
+        };
+        self.text = req.into_text();
+        next
     }
 
     /// Sends the request to one of the app's instances and its answer back. `record.status` is
