@@ -496,39 +496,38 @@ impl<S: ClientIo> Conn<S> {
         let limits = &shared.limits;
         let mut received = None;
         let req = loop {
-            let (started, at) =
-                *received.get_or_insert_with(|| (Instant::now(), SystemTime::now()));
-            let fwd = Forwarding {
-                client: Some(&self.peer),
-                proto: if self.https { "https" } else { "http" },
-                port: self.port,
-                start_ms: at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            };
-            match head::request(&self.buf, &fwd, &mut self.head, &mut self.text) {
-                Ok(req) => break (req, started),
-                // A head over the limit is still read up to twice the limit, so that its 431
-                // can be counted against the app it names.
-                Err(HeadError::Partial) if self.buf.len() > 2 * limits.max_header_bytes => {
-                    return self.refuse(Failure::HeadersTooLarge, "").await;
-                }
-                Err(HeadError::Partial) => {
-                    if self.buf.is_empty() {
-                        // Between requests: the start time is the first byte's.
-                        received = None;
+            // Between requests there is nothing to parse, and the clock is read when the next
+            // request's first bytes are in: that is when it started.
+            if !self.buf.is_empty() {
+                let (started, at) =
+                    *received.get_or_insert_with(|| (Instant::now(), SystemTime::now()));
+                let fwd = Forwarding {
+                    client: Some(&self.peer),
+                    proto: if self.https { "https" } else { "http" },
+                    port: self.port,
+                    start_ms: at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                };
+                match head::request(&self.buf, &fwd, &mut self.head, &mut self.text) {
+                    Ok(req) => break (req, started),
+                    // A head over the limit is still read up to twice the limit, so that its
+                    // 431 can be counted against the app it names.
+                    Err(HeadError::Partial) if self.buf.len() > 2 * limits.max_header_bytes => {
+                        return self.refuse(Failure::HeadersTooLarge, "").await;
                     }
-                    match self.read_client().await {
-                        Some(n) if n > 0 => {}
-                        _ => return Next::Close,
+                    Err(HeadError::Partial) => {}
+                    Err(HeadError::TooManyFields) => {
+                        return self.refuse(Failure::HeadersTooLarge, "").await;
+                    }
+                    Err(HeadError::Invalid(why)) => {
+                        return self.refuse(Failure::BadRequest(400), why).await;
                     }
                 }
-                Err(HeadError::TooManyFields) => {
-                    return self.refuse(Failure::HeadersTooLarge, "").await;
-                }
-                Err(HeadError::Invalid(why)) => {
-                    return self.refuse(Failure::BadRequest(400), why).await;
-                }
+            }
+            match self.read_client().await {
+                Some(n) if n > 0 => {}
+                _ => return Next::Close,
             }
         };
         let (req, started) = req;
