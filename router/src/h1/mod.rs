@@ -346,7 +346,7 @@ async fn serve_h1<S: ClientIo>(
         head: Vec::with_capacity(1024),
         out: Vec::with_capacity(2 * 1024),
         text: RequestText::default(),
-        timer: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
+        timer: Deadline::new(CLIENT_TIMEOUT),
         stopping: Box::pin(stopped(stop.clone())),
         served: false,
     };
@@ -430,27 +430,55 @@ struct Conn<S> {
     out: Vec<u8>,
     /// Room for the text of the next request.
     text: RequestText,
-    /// The deadline of the IO under way. One timer per connection, moved on by each
-    /// [`within`]: moving a deadline later touches no timer wheel, so the request path pays for
-    /// a timer only when one fires.
-    timer: Pin<Box<Sleep>>,
+    /// The deadline of the IO under way.
+    timer: Deadline,
     /// Resolves when the router stops; made once per connection, polled while it is idle.
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Whether a request was answered on this connection already.
     served: bool,
 }
 
-/// Runs `io` until it completes or `limit` passes (`None`), on a connection's `timer`.
+/// The deadline of a connection's IO under way, on one timer per connection. Each [`within`]
+/// moves the deadline on, but the timer only ever moves earlier: when it fires before the
+/// deadline, it is set to the deadline then. A busy connection's timer so fires about once per
+/// timeout, instead of being reset for every read, which was a visible share of each request.
+struct Deadline {
+    at: tokio::time::Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    fn new(limit: Duration) -> Deadline {
+        let at = tokio::time::Instant::now() + limit;
+        Deadline {
+            at,
+            timer: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+}
+
+/// Runs `io` until it completes or `limit` passes (`None`), on a connection's `deadline`.
 async fn within<T>(
-    timer: &mut Pin<Box<Sleep>>,
+    deadline: &mut Deadline,
     limit: Duration,
     io: impl Future<Output = T>,
 ) -> Option<T> {
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
-    tokio::select! {
-        biased;
-        out = io => Some(out),
-        () = timer.as_mut() => None,
+    deadline.at = tokio::time::Instant::now() + limit;
+    if deadline.timer.deadline() > deadline.at {
+        deadline.timer.as_mut().reset(deadline.at);
+    }
+    let mut io = std::pin::pin!(io);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut io => return Some(out),
+            () = deadline.timer.as_mut() => {}
+        }
+        if tokio::time::Instant::now() >= deadline.at {
+            return None;
+        }
+        let at = deadline.at;
+        deadline.timer.as_mut().reset(at);
     }
 }
 
@@ -1224,7 +1252,7 @@ impl BodyState {
 /// Writes all of `bytes`, or fails with `TimedOut` when the peer has not taken them within
 /// `limit`. The socket's buffer usually takes them at once, and then no timer is involved.
 async fn write_within(
-    timer: &mut Pin<Box<Sleep>>,
+    timer: &mut Deadline,
     limit: Duration,
     stream: &mut impl ClientIo,
     bytes: &[u8],

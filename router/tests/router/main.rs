@@ -538,6 +538,60 @@ async fn silent_instance_is_504_after_the_read_timeout() {
     .await;
 }
 
+/// Reads one answer with a Content-Length from `conn`, head and body.
+async fn read_answer(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if answer.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&answer).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_read_timeout_stays_open_and_the_timeout_still_holds() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start_with(RouterLimits {
+        read_timeout: Duration::from_secs(1),
+        ..RouterLimits::default()
+    });
+    let web = Upstream::start("web").await;
+    h.publish(&[("web.slipway.test", "web", vec![web.addr])]);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", h.port()))
+        .await
+        .unwrap();
+    let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: web.slipway.test\r\n\r\n");
+
+    conn.write_all(ask("/").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // Idle for longer than the read timeout. The connection's timer, set for the app's
+    // answer, fires while the router waits for the client, which may idle for a minute.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.write_all(ask("/").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // The app answers /slow after 3 s: a 504 shows the read timeout still fires in time.
+    conn.write_all(ask("/slow").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+}
+
 #[tokio::test]
 async fn instance_that_stops_reading_the_body_is_504_after_the_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
