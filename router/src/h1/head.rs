@@ -96,19 +96,19 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) start_ms: u64,
 }
 
-/// Fields that describe one connection only (RFC 9110 §7.6.1), never forwarded.
+/// Fields that describe one connection only (RFC 9110 §7.6.1), never forwarded. Picked by
+/// length first: most names have a length none of these has.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const FIELDS: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-    ];
-    FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+    let is = |field: &[u8]| name.eq_ignore_ascii_case(field);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        _ => false,
+    }
 }
 
 /// The fields the router sets on every request to the app, replacing the client's.
@@ -226,7 +226,12 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    // At most 19 digits: below u64::MAX, so no step can overflow.
+    Some(
+        value
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// The framing that Content-Length and Transfer-Encoding fields give, or why they are refused.
@@ -636,6 +641,32 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_fields_in_any_case() {
+        for name in [
+            "Connection",
+            "KEEP-ALIVE",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "upgrade",
+            "Proxy-Authenticate",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "Host",
+            "Te-x",
+            "Upgrades",
+            "Connectio",
+            "Proxy-Authorization",
+            "",
+        ] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
     fn framing_and_smuggling_shapes() {
         let framing_of = |fields: &str| {
             req(&format!("POST / HTTP/1.1\r\nHost: h\r\n{fields}\r\n")).map(|(r, _)| r.framing)
@@ -650,10 +681,15 @@ mod tests {
             Ok(Framing::Chunked)
         );
         assert_eq!(framing_of(""), Ok(Framing::Empty));
+        assert_eq!(
+            framing_of("Content-Length: 9999999999999999999\r\n"),
+            Ok(Framing::Length(9_999_999_999_999_999_999))
+        );
         for bad in [
             "Content-Length: 5\r\nContent-Length: 6\r\n",
             "Content-Length: -1\r\n",
             "Content-Length: 0x10\r\n",
+            "Content-Length: 18446744073709551616\r\n",
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
             "Transfer-Encoding: chunked, gzip\r\n",
         ] {
