@@ -31,6 +31,7 @@ mod chunked;
 mod head;
 mod pool;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -438,6 +439,38 @@ struct Conn<S> {
     served: bool,
 }
 
+thread_local! {
+    /// Requests this thread is forwarding now, from their head read to their answer sent (a
+    /// tunnel or a long download counts all along).
+    static IN_PROGRESS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts a request as in progress on this thread while it lives.
+struct InProgress;
+
+impl InProgress {
+    fn start() -> InProgress {
+        IN_PROGRESS.with(|n| n.set(n.get() + 1));
+        InProgress
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        IN_PROGRESS.with(|n| n.set(n.get() - 1));
+    }
+}
+
+/// Before a request or an answer is written: when other requests are in progress on this
+/// thread, lets those that are ready run first, so that the writes of one turn of the event
+/// loop go out together and wake the app or the client once for several, rather than once
+/// each. A lone request writes at once.
+async fn let_others_go_first() {
+    if IN_PROGRESS.with(Cell::get) > 1 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The deadline of a connection's IO under way, on one timer per connection. Each [`within`]
 /// moves the deadline on, but the timer only ever moves earlier: when it fires before the
 /// deadline, it is set to the deadline then. A busy connection's timer so fires about once per
@@ -634,9 +667,11 @@ impl<S: ClientIo> Conn<S> {
         }
         // Taken and put back, so that its room is kept for the next request.
         let upstream_head = std::mem::take(&mut self.head);
+        let in_progress = InProgress::start();
         let next = self
             .forward(shared, route, lease, &upstream_head, &mut record)
             .await;
+        drop(in_progress);
         self.head = upstream_head;
         record.log();
         let next = match next {
@@ -718,6 +753,7 @@ impl<S: ClientIo> Conn<S> {
                 Err(fault) => return self.fault(fault, record).await,
             };
             self.buf.advance(taken);
+            let_others_go_first().await;
             let sent = write_within(
                 &mut self.timer,
                 limits.read_timeout,
@@ -936,6 +972,7 @@ impl<S: ClientIo> Conn<S> {
         // write, as nginx's `postpone_output` does: a head written alone costs a segment, a
         // syscall and a wake-up of the client.
         let whole = matches!(resp.framing, Framing::Length(n) if n <= WHOLE_WRITE);
+        let mut first_write = true;
         loop {
             let before = self.out.len();
             let taken = body
@@ -944,6 +981,10 @@ impl<S: ClientIo> Conn<S> {
             bytes += (self.out.len() - before) as u64;
             self.ubuf.advance(taken);
             if !self.out.is_empty() && (body.is_done() || !whole) {
+                if first_write {
+                    first_write = false;
+                    let_others_go_first().await;
+                }
                 self.flush_out()
                     .await
                     .map_err(|e| (bytes, format!("client: {e}")))?;
@@ -1318,4 +1359,28 @@ fn page_bytes(
         out.extend_from_slice(&body);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_yields_before_writing_only_among_others_in_progress() {
+        let ready_at_once = || async {
+            let wait = std::pin::pin!(let_others_go_first());
+            futures_util::poll!(wait).is_ready()
+        };
+        let first = InProgress::start();
+        assert!(ready_at_once().await, "a lone request writes at once");
+        let second = InProgress::start();
+        assert!(
+            !ready_at_once().await,
+            "two in progress: the writer lets the other go first"
+        );
+        drop(second);
+        assert!(ready_at_once().await);
+        drop(first);
+        assert_eq!(IN_PROGRESS.with(Cell::get), 0);
+    }
 }
