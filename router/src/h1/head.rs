@@ -177,13 +177,13 @@ fn copy_fields(
 ) {
     // httparse's slices point into `buf`: a field's line runs from its name to the next
     // field's name, and the last one's to the blank line that ends the head.
-    let base = buf.as_ptr() as usize;
+    let head = &buf[..head_len.min(buf.len())];
+    let base = head.as_ptr() as usize;
     let start = |f: &httparse::Header<'_>| {
         (f.name.as_ptr() as usize)
             .checked_sub(base)
-            .filter(|&at| at < head_len)
+            .filter(|&at| at < head.len())
     };
-    let head = &buf[..head_len.min(buf.len())];
     let fields_end = head
         .len()
         .saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
