@@ -76,17 +76,13 @@ pub(crate) fn request_start(now: std::time::SystemTime) -> HeaderValue {
 
 /// The id to use for a request: the client's own if it sent a valid one, else a fresh one.
 pub(crate) fn request_id(sent: Option<&HeaderValue>) -> String {
-    request_id_from(sent.map(HeaderValue::as_bytes))
-}
-
-/// [`request_id`] for a field value as bytes.
-pub(crate) fn request_id_from(sent: Option<&[u8]>) -> String {
     let mut id = String::new();
-    write_request_id(sent, &mut id);
+    write_request_id(sent.map(HeaderValue::as_bytes), &mut id);
     id
 }
 
-/// [`request_id_from`] into `id`, replacing what it held and keeping its room.
+/// [`request_id`] for a field value as bytes, into `id`, replacing what it held and keeping its
+/// room.
 pub(crate) fn write_request_id(sent: Option<&[u8]>, id: &mut String) {
     id.clear();
     match sent.and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()) {
